@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Starts and stops the local services emoflow talks to, as plain processes on
+# 127.0.0.1 with their data in a scratch folder:
+#
+#   scripts/services.sh start   [kafka|redis|clickhouse ...]
+#   scripts/services.sh stop    [kafka|redis|clickhouse ...]
+#   scripts/services.sh restart [kafka|redis|clickhouse ...]
+#   scripts/services.sh kill    SERVICE     (SIGKILL, for crash tests)
+#   scripts/services.sh status
+#   scripts/services.sh env                 (prints the addresses as EMOFLOW_* variables)
+#   scripts/services.sh wipe                (stop all, delete their data)
+#
+# start is idempotent: a service that is already up is left alone. Each start
+# waits until the service answers. Ports and the state folder come from the
+# environment (defaults in parentheses):
+#   EMOFLOW_STATE          scratch folder (<repo>/.local/services)
+#   EMOFLOW_KAFKA_PORT     (19092; the KRaft controller uses the next port)
+#   EMOFLOW_REDIS_PORT     (16379)
+#   EMOFLOW_CLICKHOUSE_PORT native protocol (19000); HTTP on EMOFLOW_CLICKHOUSE_HTTP_PORT (18123)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${EMOFLOW_CACHE:-$HOME/.cache/emoflow}
+state=${EMOFLOW_STATE:-$repo/.local/services}
+kafka_port=${EMOFLOW_KAFKA_PORT:-19092}
+kafka_controller_port=$((kafka_port + 1))
+redis_port=${EMOFLOW_REDIS_PORT:-16379}
+ch_port=${EMOFLOW_CLICKHOUSE_PORT:-19000}
+ch_http_port=${EMOFLOW_CLICKHOUSE_HTTP_PORT:-18123}
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$repo/deploy/local/kafka/pom.xml")
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+pid_of() { # prints the pid of a running service, or fails
+	local f=$state/$1.pid
+	[ -f "$f" ] || return 1
+	local pid
+	pid=$(cat "$f")
+	kill -0 "$pid" 2>/dev/null || return 1
+	echo "$pid"
+}
+
+wait_until() { # name timeout-seconds command...
+	local name=$1 timeout=$2
+	shift 2
+	local deadline=$((SECONDS + timeout))
+	until "$@" >/dev/null 2>&1; do
+		if ! pid_of "$name" >/dev/null; then
+			log "$name exited during start-up; last lines of its log:"
+			tail -n 30 "$state/$name.log" >&2 || true
+			return 1
+		fi
+		if [ $SECONDS -ge $deadline ]; then
+			log "$name not ready after ${timeout}s; last lines of its log:"
+			tail -n 30 "$state/$name.log" >&2 || true
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
+kafka_ready() { kcat -b "127.0.0.1:$kafka_port" -L -m 2 -t __probe_absent >/dev/null 2>&1 || kcat -b "127.0.0.1:$kafka_port" -L -m 2 >/dev/null; }
+redis_ready() { [ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null)" = PONG ]; }
+clickhouse_ready() { [ "$(curl -sf "http://127.0.0.1:$ch_http_port/ping")" = "Ok." ]; }
+
+start_kafka() {
+	local libs=$cache/kafka-$kafka_version/libs
+	[ -d "$libs" ] || "$repo/scripts/setup.sh" kafka
+	local dir=$state/kafka
+	mkdir -p "$dir"
+	sed -e "s#@STATE@#$state#g" -e "s/@PORT@/$kafka_port/g" -e "s/@CONTROLLER_PORT@/$kafka_controller_port/g" \
+		"$repo/deploy/local/kafka/server.properties" >"$dir/server.properties"
+	local java_opts=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+		"-Dlog4j.configuration=file:$repo/deploy/local/kafka/log4j.properties")
+	if [ ! -f "$dir/data/meta.properties" ]; then
+		java "${java_opts[@]}" -cp "$libs/*" kafka.tools.StorageTool format \
+			-t "$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null)" \
+			-c "$dir/server.properties" >>"$state/kafka.log" 2>&1
+	fi
+	setsid nohup java "${java_opts[@]}" -cp "$libs/*" kafka.Kafka "$dir/server.properties" >>"$state/kafka.log" 2>&1 &
+	echo $! >"$state/kafka.pid"
+	wait_until kafka 90 kafka_ready
+}
+
+start_redis() {
+	mkdir -p "$state/redis"
+	setsid nohup redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+		--dir "$state/redis" --daemonize no >>"$state/redis.log" 2>&1 &
+	echo $! >"$state/redis.pid"
+	wait_until redis 30 redis_ready
+}
+
+start_clickhouse() {
+	local dir=$state/clickhouse
+	mkdir -p "$dir"
+	sed -e "s#@STATE@#$state#g" -e "s/@HTTP_PORT@/$ch_http_port/" -e "s/@TCP_PORT@/$ch_port/" \
+		"$repo/deploy/local/clickhouse/config.xml" >"$dir/config.xml"
+	cp "$repo/deploy/local/clickhouse/users.xml" "$dir/users.xml"
+	setsid nohup clickhouse-server --config-file="$dir/config.xml" >>"$state/clickhouse.log" 2>&1 &
+	echo $! >"$state/clickhouse.pid"
+	wait_until clickhouse 60 clickhouse_ready
+}
+
+start() {
+	local s=$1
+	if pid_of "$s" >/dev/null && "${s}_ready"; then
+		return 0
+	fi
+	mkdir -p "$state"
+	log "starting $s"
+	"start_$s"
+	log "$s ready (pid $(pid_of "$s"))"
+}
+
+stop() {
+	local s=$1 pid
+	pid=$(pid_of "$s") || { rm -f "$state/$s.pid"; return 0; }
+	log "stopping $s (pid $pid)"
+	kill -TERM "$pid" 2>/dev/null || true
+	for _ in $(seq 1 150); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.2
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		log "$s did not stop in 30s; killing it"
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	rm -f "$state/$s.pid"
+}
+
+hard_kill() {
+	local s=$1 pid
+	pid=$(pid_of "$s") || return 0
+	kill -KILL "$pid"
+	while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+	rm -f "$state/$s.pid"
+}
+
+print_env() {
+	cat <<EOF
+EMOFLOW_TEST_KAFKA_BROKERS=127.0.0.1:$kafka_port
+EMOFLOW_TEST_REDIS_ADDR=127.0.0.1:$redis_port
+EMOFLOW_TEST_CLICKHOUSE_ADDR=127.0.0.1:$ch_port
+EMOFLOW_TEST_SERVICES_SCRIPT=$repo/scripts/services.sh
+EOF
+}
+
+all=(kafka redis clickhouse)
+cmd=${1:-status}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
+for t in "${targets[@]}"; do
+	case "$t" in kafka | redis | clickhouse) ;; *) log "unknown service $t"; exit 2 ;; esac
+done
+
+case "$cmd" in
+start) for s in "${targets[@]}"; do start "$s"; done ;;
+stop) for s in "${targets[@]}"; do stop "$s"; done ;;
+restart) for s in "${targets[@]}"; do stop "$s"; start "$s"; done ;;
+kill) for s in "${targets[@]}"; do hard_kill "$s"; done ;;
+status)
+	rc=0
+	for s in "${targets[@]}"; do
+		if pid_of "$s" >/dev/null && "${s}_ready"; then echo "$s: up (pid $(pid_of "$s"))"; else echo "$s: down"; rc=1; fi
+	done
+	exit $rc
+	;;
+env) print_env ;;
+wipe) for s in "${all[@]}"; do stop "$s"; done; rm -rf "$state" ;;
+*) log "unknown command $cmd"; exit 2 ;;
+esac
