@@ -62,7 +62,7 @@ func (s *Scope) fromData(op string, p unsafe.Pointer, n int, dtype DType, shape 
 	if n == 0 {
 		return s.Zeros(shape, dtype, dev)
 	}
-	c := lib.AtTensorOfData(p, shape, uint(len(shape)), uint(dtype.Size()), int32(dtype))
+	c := lib.AtTensorOfData(p, shape, uint(len(shape)), uint(dtype.Size()), int(dtype))
 	if err := lastError(op); err != nil {
 		s.err = err
 		return nil
@@ -549,4 +549,23 @@ func (s *Scope) Int64s(t *Tensor) []int64 {
 		}
 	}
 	return out
+}
+
+// AsStrided views t's storage with the given sizes, strides and storage
+// offset (elements), as PyTorch's as_strided.
+func (s *Scope) AsStrided(t *Tensor, size, stride []int64, offset int64) *Tensor {
+	if !s.ready("as_strided", t) {
+		return nil
+	}
+	return s.run1("as_strided", func(out *lib.Ctensor) {
+		lib.AtgAsStrided(out, t.c, size, len(size), stride, len(stride), offset, 0)
+	})
+}
+
+// Tanh is tanh(t).
+func (s *Scope) Tanh(t *Tensor) *Tensor {
+	if !s.ready("tanh", t) {
+		return nil
+	}
+	return s.run1("tanh", func(out *lib.Ctensor) { lib.AtgTanh(out, t.c) })
 }

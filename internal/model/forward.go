@@ -1,0 +1,270 @@
+package model
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/emoflow/emoflow/internal/tensor"
+)
+
+// KV holds, for every layer, the keys and values of positions that come
+// before a forward pass's own tokens: a P-tuning v2 prefix, or a prompt
+// prefix shared by every message. Keys are stored after rotation.
+type KV struct {
+	// K and V have one tensor per layer, [rows, groups, Len, headDim];
+	// rows is 1 when every row of a batch shares the past.
+	K, V []*tensor.Tensor
+	Len  int
+}
+
+// Free releases the tensors.
+func (kv *KV) Free() {
+	if kv == nil {
+		return
+	}
+	for i := range kv.K {
+		kv.K[i].Free()
+		kv.V[i].Free()
+	}
+	kv.K, kv.V = nil, nil
+}
+
+// Batch is one forward pass: Rows rows of Len new tokens each, after an
+// optional past.
+type Batch struct {
+	Rows, Len int
+	// Tokens are the token ids, row-major [Rows, Len]; padding may sit
+	// anywhere, as long as Visible hides it.
+	Tokens []int64
+	// Pos is each token's rotary position; BlockPos is ChatGLM-6B's second
+	// position channel (nil for other architectures).
+	Pos, BlockPos []int64
+	// Visible says which keys each token attends to: for row r, token i and
+	// key j (the past's keys first, then the batch's own tokens),
+	// Visible[(r*Len+i)*(PastLen+Len)+j].
+	Visible []bool
+	Past    *KV
+}
+
+func (b *Batch) pastLen() int {
+	if b.Past == nil {
+		return 0
+	}
+	return b.Past.Len
+}
+
+func (b *Batch) check(c Config) error {
+	n := b.Rows * b.Len
+	P := b.pastLen()
+	switch {
+	case b.Rows <= 0 || b.Len <= 0:
+		return fmt.Errorf("forward: empty batch (%d rows of %d tokens)", b.Rows, b.Len)
+	case len(b.Tokens) != n || len(b.Pos) != n:
+		return fmt.Errorf("forward: %d tokens and %d positions for %d rows of %d", len(b.Tokens), len(b.Pos), b.Rows, b.Len)
+	case c.Arch == ArchGLM1 && len(b.BlockPos) != n:
+		return fmt.Errorf("forward: chatglm-6b needs %d block positions, got %d", n, len(b.BlockPos))
+	case len(b.Visible) != n*(P+b.Len):
+		return fmt.Errorf("forward: visibility mask has %d entries, want %d", len(b.Visible), n*(P+b.Len))
+	case b.Past != nil && (len(b.Past.K) != c.Layers || len(b.Past.V) != c.Layers):
+		return fmt.Errorf("forward: past has %d layers, model %d", len(b.Past.K), c.Layers)
+	}
+	for _, t := range b.Tokens {
+		if t < 0 || t >= int64(c.Vocab) {
+			return fmt.Errorf("forward: token id %d outside the vocabulary of %d", t, c.Vocab)
+		}
+	}
+	return nil
+}
+
+// forward runs the blocks and the final norm. It returns the hidden states
+// [Rows, Len, Hidden] and, when keepKV, the batch's own keys and values
+// (owned by s; Keep them to cache them).
+func (m *Model) forward(s *tensor.Scope, b *Batch, keepKV bool) (*tensor.Tensor, *KV, error) {
+	if err := b.check(m.cfg); err != nil {
+		return nil, nil, err
+	}
+	dev := m.opts.Device
+	B, L, P := int64(b.Rows), int64(b.Len), int64(b.pastLen())
+
+	ids := s.FromInt64(b.Tokens, []int64{B, L}, dev)
+	x := s.Embedding(m.embed, ids)
+	mask := s.Reshape(s.FromBool(b.Visible, []int64{B, L, P + L}, dev), B, 1, L, P+L)
+	rot := m.rotaryTables(s, b)
+
+	var kv *KV
+	if keepKV {
+		kv = &KV{Len: b.Len}
+	}
+	for i := range m.layers {
+		var pastK, pastV *tensor.Tensor
+		if b.Past != nil {
+			pastK, pastV = b.Past.K[i], b.Past.V[i]
+		}
+		var k, v *tensor.Tensor
+		x, k, v = m.block(s, &m.layers[i], x, rot, pastK, pastV, mask, B, L)
+		if keepKV {
+			kv.K = append(kv.K, k)
+			kv.V = append(kv.V, v)
+		}
+		if err := s.Err(); err != nil {
+			return nil, nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+	}
+	x = m.norm(s, x, m.finalNormW, m.finalB)
+	return x, kv, s.Err()
+}
+
+// rotary holds the cos/sin tables of one batch, [B, 1, L, n] each.
+type rotary struct {
+	cos, sin   *tensor.Tensor
+	cos2, sin2 *tensor.Tensor // ChatGLM-6B's block-position channel
+}
+
+func (m *Model) rotaryTables(s *tensor.Scope, b *Batch) rotary {
+	table := func(pos []int64) (*tensor.Tensor, *tensor.Tensor) {
+		n := len(m.invFreq)
+		cos := make([]float32, len(pos)*n)
+		sin := make([]float32, len(pos)*n)
+		for i, p := range pos {
+			for j, f := range m.invFreq {
+				// float32 product as the reference computes it, then cos/sin.
+				a := float64(float32(p) * float32(f))
+				cos[i*n+j] = float32(math.Cos(a))
+				sin[i*n+j] = float32(math.Sin(a))
+			}
+		}
+		shape := []int64{int64(b.Rows), 1, int64(b.Len), int64(n)}
+		ct := s.ToDType(s.FromFloat32(cos, shape, tensor.CPU), m.opts.DType)
+		st := s.ToDType(s.FromFloat32(sin, shape, tensor.CPU), m.opts.DType)
+		if m.opts.Device.IsCUDA() {
+			ct, st = s.To(ct, m.opts.Device), s.To(st, m.opts.Device)
+		}
+		return ct, st
+	}
+	var r rotary
+	r.cos, r.sin = table(b.Pos)
+	if m.cfg.Arch == ArchGLM1 {
+		r.cos2, r.sin2 = table(b.BlockPos)
+	}
+	return r
+}
+
+// norm is RMSNorm (ChatGLM2 and later) or LayerNorm (ChatGLM-6B).
+func (m *Model) norm(s *tensor.Scope, x, w, bias *tensor.Tensor) *tensor.Tensor {
+	if m.cfg.Arch == ArchGLM1 {
+		return s.LayerNorm(x, w, bias, m.cfg.NormEps)
+	}
+	// Statistics in float32 whatever the compute dtype, as the reference.
+	x32 := s.ToDType(x, tensor.Float32)
+	variance := s.MeanDim(s.Mul(x32, x32), true, -1)
+	y := s.Mul(x32, s.Rsqrt(s.AddScalar(variance, m.cfg.NormEps)))
+	return s.ToDType(s.Mul(s.ToDType(w, tensor.Float32), y), m.opts.DType)
+}
+
+// block is one transformer layer. It returns the layer's output and the
+// keys (rotated) and values of the batch's own tokens.
+func (m *Model) block(s *tensor.Scope, l *layerWeights, x *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, B, L int64) (out, k, v *tensor.Tensor) {
+	h := m.norm(s, x, l.inNormW, l.inNormB)
+	attn, k, v := m.attention(s, l, h, rot, pastK, pastV, mask, B, L)
+	if m.cfg.Arch == ArchGLM1 {
+		// Post-layer-norm residuals scaled by alpha = sqrt(2·layers): the
+		// residual is the normalised input, not the input.
+		alpha := math.Sqrt(2 * float64(m.cfg.Layers))
+		mid := s.Add(s.Scale(h, alpha), attn)
+		h2 := m.norm(s, mid, l.postNormW, l.postNormB)
+		return s.Add(s.Scale(h2, alpha), m.mlp(s, l, h2)), k, v
+	}
+	mid := s.Add(x, attn)
+	h2 := m.norm(s, mid, l.postNormW, l.postNormB)
+	return s.Add(mid, m.mlp(s, l, h2)), k, v
+}
+
+func (m *Model) mlp(s *tensor.Scope, l *layerWeights, h *tensor.Tensor) *tensor.Tensor {
+	u := s.Linear(h, l.upW, l.upB)
+	var act *tensor.Tensor
+	if m.cfg.Arch == ArchGLM1 {
+		act = s.Gelu(u, "tanh")
+	} else {
+		F := int64(m.cfg.FFN)
+		act = s.Mul(s.Silu(s.Narrow(u, -1, 0, F)), s.Narrow(u, -1, F, F))
+	}
+	return s.Linear(act, l.downW, l.downB)
+}
+
+func (m *Model) attention(s *tensor.Scope, l *layerWeights, h *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, B, L int64) (out, kNew, vNew *tensor.Tensor) {
+	c := m.cfg
+	H, G, hd := int64(c.Heads), int64(c.KVGroups), int64(c.HeadDim)
+	qkv := s.Linear(h, l.qkvW, l.qkvB)
+	q := s.Transpose(s.Reshape(s.Narrow(qkv, -1, 0, H*hd), B, L, H, hd), 1, 2)
+	k := s.Transpose(s.Reshape(s.Narrow(qkv, -1, H*hd, G*hd), B, L, G, hd), 1, 2)
+	v := s.Transpose(s.Reshape(s.Narrow(qkv, -1, (H+G)*hd, G*hd), B, L, G, hd), 1, 2)
+	q = m.rotate(s, q, rot)
+	k = m.rotate(s, k, rot)
+	kNew, vNew = k, v
+	if pastK != nil {
+		pk, pv := pastK, pastV
+		if pk.Size(0) != B {
+			pk = s.Expand(pk, B, -1, -1, -1)
+			pv = s.Expand(pv, B, -1, -1, -1)
+		}
+		k = s.Cat([]*tensor.Tensor{pk, k}, 2)
+		v = s.Cat([]*tensor.Tensor{pv, v}, 2)
+	}
+	if G != H {
+		// Multi-query attention: head n uses key/value group n / (H/G).
+		T := k.Size(2)
+		k = s.Reshape(s.Expand(s.Unsqueeze(k, 2), B, G, H/G, T, hd), B, H, T, hd)
+		v = s.Reshape(s.Expand(s.Unsqueeze(v, 2), B, G, H/G, T, hd), B, H, T, hd)
+	}
+	o := s.ScaledDotProductAttention(q, k, v, mask, false, 1/math.Sqrt(float64(hd)))
+	o = s.Reshape(s.Transpose(o, 1, 2), B, L, H*hd)
+	return s.Linear(o, l.denseW, l.denseB), kNew, vNew
+}
+
+// rotate applies the rotary embedding to x [B, heads, L, headDim].
+func (m *Model) rotate(s *tensor.Scope, x *tensor.Tensor, rot rotary) *tensor.Tensor {
+	hd := int64(m.cfg.HeadDim)
+	if m.cfg.Arch == ArchGLM1 {
+		// 2-D positions: the first half of each head rotates with the
+		// position, the second with the block position, each as
+		// "rotate half" (first quarter against second quarter).
+		a := rotateHalf(s, s.Narrow(x, -1, 0, hd/2), rot.cos, rot.sin)
+		b := rotateHalf(s, s.Narrow(x, -1, hd/2, hd/2), rot.cos2, rot.sin2)
+		return s.Cat([]*tensor.Tensor{a, b}, -1)
+	}
+	// ChatGLM2 and later: the first RotaryDim dimensions rotate as
+	// interleaved pairs (x[2i], x[2i+1]); the rest pass through.
+	rd := int64(m.cfg.RotaryDim)
+	shape := x.Shape()
+	pairs := s.Reshape(s.Narrow(x, -1, 0, rd), append(shape[:3:3], rd/2, 2)...)
+	x0, x1 := s.Select(pairs, -1, 0), s.Select(pairs, -1, 1)
+	r0 := s.Sub(s.Mul(x0, rot.cos), s.Mul(x1, rot.sin))
+	r1 := s.Add(s.Mul(x1, rot.cos), s.Mul(x0, rot.sin))
+	rotated := s.Reshape(s.Stack([]*tensor.Tensor{r0, r1}, -1), append(shape[:3:3], rd)...)
+	if rd == hd {
+		return rotated
+	}
+	return s.Cat([]*tensor.Tensor{rotated, s.Narrow(x, -1, rd, hd-rd)}, -1)
+}
+
+func rotateHalf(s *tensor.Scope, x, cos, sin *tensor.Tensor) *tensor.Tensor {
+	n := x.Size(-1) / 2
+	a, b := s.Narrow(x, -1, 0, n), s.Narrow(x, -1, n, n)
+	return s.Cat([]*tensor.Tensor{
+		s.Sub(s.Mul(a, cos), s.Mul(b, sin)),
+		s.Add(s.Mul(b, cos), s.Mul(a, sin)),
+	}, -1)
+}
+
+// roundFloat16 rounds v to the nearest float16 value (ties to even).
+func roundFloat16(v float32) float32 {
+	if v == 0 || math.IsInf(float64(v), 0) || math.IsNaN(float64(v)) {
+		return v
+	}
+	exp := math.Floor(math.Log2(math.Abs(float64(v))))
+	if exp < -14 {
+		exp = -14 // subnormals share the smallest exponent's spacing
+	}
+	step := math.Pow(2, exp-10)
+	return float32(math.RoundToEven(float64(v)/step) * step)
+}
