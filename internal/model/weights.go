@@ -124,7 +124,7 @@ func (l *layerWeights) all() []*tensor.Tensor {
 // names of one layer's tensors in each layout, as a function of the layer
 // index; "" means the layout has no such tensor.
 type layerNames struct {
-	inNormW, inNormB, q, qBias, k, kBias, v, vBias, qkv, qkvBias string
+	inNormW, inNormB, q, qBias, k, kBias, v, vBias, qkv, qkvBias       string
 	dense, denseBias, postNormW, postNormB, up, upBias, down, downBias string
 }
 

@@ -1,0 +1,473 @@
+// Package batcher gathers single requests into batches for a model worker:
+// under a token budget and a row limit, within a maximum queueing delay,
+// grouped so that one batch needs one adapter mode, sorted into length
+// windows so that little compute goes to padding, live traffic before
+// replays, and never more queued work than configured (a full queue rejects
+// at once).
+package batcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Priority classes, served in this order.
+type Priority int
+
+const (
+	// Live is interactive traffic (moderation).
+	Live Priority = iota
+	// Replay is bulk re-evaluation; it runs when no live work waits.
+	Replay
+	numPriorities
+)
+
+func (p Priority) String() string {
+	switch p {
+	case Live:
+		return "live"
+	case Replay:
+		return "replay"
+	}
+	return fmt.Sprintf("priority(%d)", int(p))
+}
+
+// Errors returned by Submit.
+var (
+	// ErrOverloaded: the queue of the request's priority is full.
+	ErrOverloaded = errors.New("batcher: queue full")
+	// ErrDeadline: the request's deadline passed before its batch ran; it
+	// was not computed.
+	ErrDeadline = errors.New("batcher: deadline passed before the request was computed")
+	// ErrClosed: the batcher no longer accepts work.
+	ErrClosed = errors.New("batcher: closed")
+)
+
+// Config bounds batches and the queue.
+type Config struct {
+	// MaxRows is the most requests in one batch.
+	MaxRows int
+	// MaxTokens bounds rows × (longest row cost + RowOverhead): the padded
+	// size of a batch.
+	MaxTokens int
+	// RowOverhead is added to every row's cost (tokens every row carries
+	// whatever its text, such as a label block).
+	RowOverhead int
+	// MaxDelay is the longest a request waits for others to fill its batch.
+	MaxDelay time.Duration
+	// QueueSize is the most queued requests per priority.
+	QueueSize [2]int
+	// Workers is the number of batches computed at once.
+	Workers int
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.MaxRows <= 0:
+		return fmt.Errorf("batcher: MaxRows must be positive")
+	case c.MaxTokens <= 0:
+		return fmt.Errorf("batcher: MaxTokens must be positive")
+	case c.QueueSize[Live] <= 0 || c.QueueSize[Replay] <= 0:
+		return fmt.Errorf("batcher: queue sizes must be positive")
+	case c.Workers <= 0:
+		return fmt.Errorf("batcher: Workers must be positive")
+	case c.MaxDelay < 0:
+		return fmt.Errorf("batcher: MaxDelay must not be negative")
+	}
+	return nil
+}
+
+// Request is one unit of work.
+type Request[P any] struct {
+	// Group keys requests that may share a batch (the adapter mode).
+	Group string
+	// Cost is the row's length in tokens.
+	Cost     int
+	Priority Priority
+	// Deadline, if not zero, is when the caller stops waiting; a request
+	// not started by then is dropped.
+	Deadline time.Time
+	Payload  P
+}
+
+// Batch is what a RunFunc computes.
+type Batch[P any] struct {
+	Group    string
+	Payloads []P
+	// Priorities of the rows (a live batch may carry replay rows in spare
+	// room).
+	Priorities []Priority
+	// PaddedTokens is rows × longest row cost; RealTokens the sum of costs.
+	PaddedTokens, RealTokens int
+	// Waits is how long each row queued.
+	Waits []time.Duration
+}
+
+// RunFunc computes a batch: one result per payload, in order, or an error
+// for the whole batch.
+type RunFunc[P, R any] func(ctx context.Context, b *Batch[P]) ([]R, error)
+
+// Observer hears about the batcher's work (metrics). Its methods must not
+// block.
+type Observer interface {
+	QueueDepth(p Priority, depth int)
+	BatchDone(rows, realTokens, paddedTokens int, compute time.Duration, err error)
+	Waited(p Priority, wait time.Duration)
+	Dropped(p Priority, reason error)
+}
+
+type item[P, R any] struct {
+	req      Request[P]
+	seq      uint64
+	enqueued time.Time
+	done     chan outcome[R]
+	// abandoned is set (under the batcher's lock) when the caller stopped
+	// waiting; the item is then dropped instead of computed.
+	abandoned bool
+}
+
+type outcome[R any] struct {
+	res R
+	err error
+}
+
+// Batcher is the queue and its workers.
+type Batcher[P, R any] struct {
+	cfg  Config
+	run  RunFunc[P, R]
+	obs  Observer
+	now  func() time.Time
+	wake chan struct{}
+	// closed is closed by Close, waking every idle worker at once.
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	mu      sync.Mutex
+	queues  [numPriorities][]*item[P, R]
+	seq     uint64
+	closing bool
+	workers sync.WaitGroup
+}
+
+// New returns a batcher; call Start to run its workers.
+func New[P, R any](cfg Config, run RunFunc[P, R], obs Observer) (*Batcher[P, R], error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Batcher[P, R]{cfg: cfg, run: run, obs: obs, now: time.Now, wake: make(chan struct{}, 1), closed: make(chan struct{})}, nil
+}
+
+// Start runs the workers. ctx bounds every batch's computation; use Close
+// for a graceful stop.
+func (b *Batcher[P, R]) Start(ctx context.Context) {
+	for i := 0; i < b.cfg.Workers; i++ {
+		b.workers.Add(1)
+		go func() {
+			defer b.workers.Done()
+			b.work(ctx)
+		}()
+	}
+}
+
+// Close stops accepting requests, lets the workers finish everything
+// queued, and waits for them (or for ctx).
+func (b *Batcher[P, R]) Close(ctx context.Context) error {
+	b.mu.Lock()
+	b.closing = true
+	b.mu.Unlock()
+	b.closeOnce.Do(func() { close(b.closed) })
+	done := make(chan struct{})
+	go func() { b.workers.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("batcher: draining: %w", ctx.Err())
+	}
+}
+
+// Depth is the number of queued requests of priority p.
+func (b *Batcher[P, R]) Depth(p Priority) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queues[p])
+}
+
+func (b *Batcher[P, R]) signal() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Submit queues req and waits for its result. It returns ErrOverloaded at
+// once when the queue is full, ErrDeadline when the request's deadline or
+// ctx's passes first, ErrClosed after Close.
+func (b *Batcher[P, R]) Submit(ctx context.Context, req Request[P]) (R, error) {
+	var zero R
+	if req.Priority < 0 || req.Priority >= numPriorities {
+		return zero, fmt.Errorf("batcher: unknown priority %d", req.Priority)
+	}
+	if d, ok := ctx.Deadline(); ok && (req.Deadline.IsZero() || d.Before(req.Deadline)) {
+		req.Deadline = d
+	}
+	it := &item[P, R]{req: req, done: make(chan outcome[R], 1), enqueued: b.now()}
+	b.mu.Lock()
+	switch {
+	case b.closing:
+		b.mu.Unlock()
+		return zero, ErrClosed
+	case len(b.queues[req.Priority]) >= b.cfg.QueueSize[req.Priority]:
+		b.mu.Unlock()
+		b.observeDrop(req.Priority, ErrOverloaded)
+		return zero, ErrOverloaded
+	}
+	b.seq++
+	it.seq = b.seq
+	b.queues[req.Priority] = append(b.queues[req.Priority], it)
+	b.observeDepth(req.Priority)
+	b.mu.Unlock()
+	b.signal()
+
+	var timeout <-chan time.Time
+	if !req.Deadline.IsZero() {
+		t := time.NewTimer(req.Deadline.Sub(b.now()))
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case o := <-it.done:
+		return o.res, o.err
+	case <-ctx.Done():
+	case <-timeout:
+	}
+	b.mu.Lock()
+	it.abandoned = true
+	b.mu.Unlock()
+	// The worker may have answered meanwhile; prefer its answer.
+	select {
+	case o := <-it.done:
+		return o.res, o.err
+	default:
+	}
+	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return zero, ctx.Err()
+	}
+	return zero, ErrDeadline
+}
+
+func (b *Batcher[P, R]) observeDepth(p Priority) {
+	if b.obs != nil {
+		b.obs.QueueDepth(p, len(b.queues[p]))
+	}
+}
+
+func (b *Batcher[P, R]) observeDrop(p Priority, err error) {
+	if b.obs != nil {
+		b.obs.Dropped(p, err)
+	}
+}
+
+func (b *Batcher[P, R]) work(ctx context.Context) {
+	for {
+		items := b.next(ctx)
+		if items == nil {
+			return
+		}
+		b.compute(ctx, items)
+	}
+}
+
+// compute runs one batch and answers its items.
+func (b *Batcher[P, R]) compute(ctx context.Context, items []*item[P, R]) {
+	batch := &Batch[P]{Group: items[0].req.Group}
+	longest := 0
+	now := b.now()
+	for _, it := range items {
+		batch.Payloads = append(batch.Payloads, it.req.Payload)
+		batch.Priorities = append(batch.Priorities, it.req.Priority)
+		batch.RealTokens += it.req.Cost
+		wait := now.Sub(it.enqueued)
+		batch.Waits = append(batch.Waits, wait)
+		longest = max(longest, it.req.Cost)
+		if b.obs != nil {
+			b.obs.Waited(it.req.Priority, wait)
+		}
+	}
+	batch.PaddedTokens = longest * len(items)
+	start := b.now()
+	results, err := b.safeRun(ctx, batch)
+	if err == nil && len(results) != len(items) {
+		err = fmt.Errorf("batcher: run returned %d results for %d requests", len(results), len(items))
+	}
+	if b.obs != nil {
+		b.obs.BatchDone(len(items), batch.RealTokens, batch.PaddedTokens, b.now().Sub(start), err)
+	}
+	for i, it := range items {
+		if err != nil {
+			it.done <- outcome[R]{err: err}
+		} else {
+			it.done <- outcome[R]{res: results[i]}
+		}
+	}
+}
+
+// safeRun turns a panic in run into an error for the batch, so that one bad
+// batch never takes the worker down.
+func (b *Batcher[P, R]) safeRun(ctx context.Context, batch *Batch[P]) (res []R, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("batcher: batch computation panicked: %v", r)
+		}
+	}()
+	return b.run(ctx, batch)
+}
+
+// next waits for and removes the next batch, or returns nil when the
+// batcher is closed and drained, or ctx is done.
+func (b *Batcher[P, R]) next(ctx context.Context) []*item[P, R] {
+	for {
+		b.mu.Lock()
+		b.dropDead()
+		head, class := b.head()
+		if head == nil {
+			closing := b.closing
+			b.mu.Unlock()
+			if closing {
+				return nil
+			}
+			select {
+			case <-b.wake:
+			case <-b.closed:
+			case <-ctx.Done():
+				return nil
+			}
+			continue
+		}
+		rows, tokens := b.groupSize(head.req.Group, class)
+		waited := b.now().Sub(head.enqueued)
+		full := rows >= b.cfg.MaxRows || tokens >= b.cfg.MaxTokens
+		if full || waited >= b.cfg.MaxDelay || b.closing {
+			items := b.take(head, class)
+			b.mu.Unlock()
+			// More may be ready: let another idle worker look.
+			b.signal()
+			return items
+		}
+		b.mu.Unlock()
+		t := time.NewTimer(b.cfg.MaxDelay - waited)
+		select {
+		case <-b.wake:
+		case <-t.C:
+		case <-b.closed:
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+		t.Stop()
+	}
+}
+
+// dropDead answers and removes items whose caller left or whose deadline
+// passed: they are never computed.
+func (b *Batcher[P, R]) dropDead() {
+	now := b.now()
+	for p := range b.queues {
+		q := b.queues[p][:0]
+		for _, it := range b.queues[p] {
+			if it.abandoned || (!it.req.Deadline.IsZero() && !now.Before(it.req.Deadline)) {
+				it.done <- outcome[R]{err: ErrDeadline}
+				b.observeDrop(Priority(p), ErrDeadline)
+				continue
+			}
+			q = append(q, it)
+		}
+		clear(b.queues[p][len(q):])
+		b.queues[p] = q
+		b.observeDepth(Priority(p))
+	}
+}
+
+// head is the oldest request of the most urgent non-empty class.
+func (b *Batcher[P, R]) head() (*item[P, R], Priority) {
+	for p := Live; p < numPriorities; p++ {
+		if len(b.queues[p]) > 0 {
+			return b.queues[p][0], p
+		}
+	}
+	return nil, 0
+}
+
+// groupSize counts the requests of group in class and below, and their
+// padded token cost if batched together (bounded by MaxRows).
+func (b *Batcher[P, R]) groupSize(group string, class Priority) (rows, tokens int) {
+	longest := 0
+	for p := class; p < numPriorities; p++ {
+		for _, it := range b.queues[p] {
+			if it.req.Group == group {
+				rows++
+				longest = max(longest, it.req.Cost)
+				if rows >= b.cfg.MaxRows {
+					return rows, rows * (longest + b.cfg.RowOverhead)
+				}
+			}
+		}
+	}
+	return rows, rows * (longest + b.cfg.RowOverhead)
+}
+
+// take removes and returns the batch around head: requests of head's group,
+// the head's class first, then lower classes, chosen in a window of similar
+// lengths around the head's, within MaxRows and MaxTokens.
+func (b *Batcher[P, R]) take(head *item[P, R], class Priority) []*item[P, R] {
+	chosen := []*item[P, R]{head}
+	longest := head.req.Cost
+	fits := func(cost int) bool {
+		l := max(longest, cost)
+		return len(chosen) < b.cfg.MaxRows && (len(chosen)+1)*(l+b.cfg.RowOverhead) <= b.cfg.MaxTokens
+	}
+	for p := class; p < numPriorities && len(chosen) < b.cfg.MaxRows; p++ {
+		var cands []*item[P, R]
+		for _, it := range b.queues[p] {
+			if it != head && it.req.Group == head.req.Group {
+				cands = append(cands, it)
+			}
+		}
+		// Closest lengths to the head's first; among equals, the oldest.
+		sort.SliceStable(cands, func(i, j int) bool {
+			di, dj := abs(cands[i].req.Cost-head.req.Cost), abs(cands[j].req.Cost-head.req.Cost)
+			if di != dj {
+				return di < dj
+			}
+			return cands[i].seq < cands[j].seq
+		})
+		for _, it := range cands {
+			if !fits(it.req.Cost) {
+				continue
+			}
+			chosen = append(chosen, it)
+			longest = max(longest, it.req.Cost)
+		}
+	}
+	taken := make(map[*item[P, R]]bool, len(chosen))
+	for _, it := range chosen {
+		taken[it] = true
+	}
+	for p := range b.queues {
+		b.queues[p] = slices.DeleteFunc(b.queues[p], func(it *item[P, R]) bool { return taken[it] })
+		b.observeDepth(Priority(p))
+	}
+	return chosen
+}
+
+func abs(x int) int {
+	if x < 0 {
+		return -x
+	}
+	return x
+}

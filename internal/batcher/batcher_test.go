@@ -1,0 +1,308 @@
+package batcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type echo struct {
+	mu      sync.Mutex
+	batches []*Batch[int]
+	gate    chan struct{} // when not nil, each batch waits for a receive
+	entered chan struct{} // receives once per batch that started
+	panicOn int
+}
+
+func (e *echo) run(ctx context.Context, b *Batch[int]) ([]string, error) {
+	if e.entered != nil {
+		e.entered <- struct{}{}
+	}
+	if e.gate != nil {
+		<-e.gate
+	}
+	e.mu.Lock()
+	e.batches = append(e.batches, b)
+	e.mu.Unlock()
+	out := make([]string, len(b.Payloads))
+	for i, p := range b.Payloads {
+		if p == e.panicOn && p != 0 {
+			panic("boom")
+		}
+		out[i] = fmt.Sprintf("%s/%d", b.Group, p)
+	}
+	return out, nil
+}
+
+func (e *echo) computed() map[int]bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m := map[int]bool{}
+	for _, b := range e.batches {
+		for _, p := range b.Payloads {
+			m[p] = true
+		}
+	}
+	return m
+}
+
+func newTest(t *testing.T, cfg Config, e *echo) *Batcher[int, string] {
+	t.Helper()
+	b, err := New(cfg, e.run, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Start(ctx)
+	t.Cleanup(func() {
+		if e.gate != nil {
+			close(e.gate) // release blocked batches
+		}
+		_ = b.Close(context.Background())
+		cancel()
+	})
+	return b
+}
+
+func baseConfig() Config {
+	return Config{MaxRows: 8, MaxTokens: 1000, MaxDelay: 5 * time.Millisecond, QueueSize: [2]int{1000, 1000}, Workers: 2}
+}
+
+func TestManyConcurrentClientsGetTheirOwnAnswers(t *testing.T) {
+	e := &echo{}
+	b := newTest(t, baseConfig(), e)
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for i := 1; i <= 500; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			group := fmt.Sprintf("g%d", i%3)
+			res, err := b.Submit(context.Background(), Request[int]{Group: group, Cost: i%17 + 1, Payload: i, Priority: Priority(i % 2)})
+			if err != nil || res != fmt.Sprintf("%s/%d", group, i) {
+				bad.Add(1)
+				t.Errorf("request %d: %q, %v", i, res, err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if bad.Load() > 0 {
+		t.Fatalf("%d wrong answers", bad.Load())
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, batch := range e.batches {
+		if len(batch.Payloads) > 8 {
+			t.Errorf("batch of %d rows > MaxRows 8", len(batch.Payloads))
+		}
+		for _, p := range batch.Payloads {
+			if fmt.Sprintf("g%d", p%3) != batch.Group {
+				t.Errorf("payload %d in a batch of group %s", p, batch.Group)
+			}
+		}
+	}
+}
+
+func TestTokenBudgetAndLengthWindows(t *testing.T) {
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers, cfg.MaxRows, cfg.MaxTokens, cfg.RowOverhead = 1, 4, 4*(10+2), 2
+	b := newTest(t, cfg, e)
+	// Occupy the worker so everything below queues up first.
+	occupy(t, b, e)
+	costs := map[int]int{}
+	var wg sync.WaitGroup
+	for i := 1; i <= 8; i++ {
+		cost := 2
+		if i%2 == 0 {
+			cost = 10
+		}
+		costs[i] = cost
+		wg.Add(1)
+		go func(i, cost int) {
+			defer wg.Done()
+			b.Submit(context.Background(), Request[int]{Group: "g", Cost: cost, Payload: i})
+		}(i, cost)
+	}
+	waitDepth(t, b, Live, 8)
+	// The occupying batch, then two batches of four.
+	for i := 0; i < 3; i++ {
+		e.gate <- struct{}{}
+	}
+	wg.Wait()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.batches) != 3 {
+		t.Fatalf("%d batches, want the occupying one and two of four", len(e.batches))
+	}
+	for _, batch := range e.batches[1:] {
+		longest := 0
+		for _, p := range batch.Payloads {
+			longest = max(longest, costs[p])
+		}
+		if len(batch.Payloads)*(longest+2) > cfg.MaxTokens {
+			t.Errorf("batch %v exceeds the token budget", batch.Payloads)
+		}
+		for _, p := range batch.Payloads {
+			if costs[p] != costs[batch.Payloads[0]] {
+				t.Errorf("batch %v mixes lengths although a window of equal lengths was available", batch.Payloads)
+			}
+		}
+		if batch.RealTokens != batch.PaddedTokens {
+			t.Errorf("batch %v has padding %d/%d", batch.Payloads, batch.RealTokens, batch.PaddedTokens)
+		}
+	}
+}
+
+// occupy keeps the single worker busy with one batch until the test
+// releases it through the gate.
+func occupy(t *testing.T, b *Batcher[int, string], e *echo) {
+	t.Helper()
+	go b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: 1000})
+	select {
+	case <-e.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker did not start the occupying batch")
+	}
+}
+
+func waitDepth(t *testing.T, b *Batcher[int, string], p Priority, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Depth(p) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("queue %s depth %d, want %d", p, b.Depth(p), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestLiveBeforeReplay(t *testing.T) {
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers, cfg.MaxRows = 1, 2
+	b := newTest(t, cfg, e)
+	occupy(t, b, e)
+	var wg sync.WaitGroup
+	submit := func(p Priority, n int) {
+		wg.Add(1)
+		go func() { defer wg.Done(); b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: n, Priority: p}) }()
+	}
+	for i := 1; i <= 4; i++ {
+		submit(Replay, i)
+	}
+	waitDepth(t, b, Replay, 4)
+	for i := 11; i <= 14; i++ {
+		submit(Live, i)
+	}
+	waitDepth(t, b, Live, 4)
+	for i := 0; i < 5; i++ {
+		e.gate <- struct{}{}
+	}
+	wg.Wait()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	// After the occupying batch: two live batches, then the replays.
+	for i, batch := range e.batches[1:3] {
+		for _, p := range batch.Payloads {
+			if p < 10 {
+				t.Errorf("batch %d ran replay request %d while live requests waited", i+1, p)
+			}
+		}
+	}
+}
+
+func TestDeadlinePassedIsNeverComputed(t *testing.T) {
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers = 1
+	b := newTest(t, cfg, e)
+	occupy(t, b, e)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: 7, Deadline: time.Now().Add(20 * time.Millisecond)})
+		errc <- err
+	}()
+	if err := <-errc; !errors.Is(err, ErrDeadline) {
+		t.Fatalf("Submit = %v, want ErrDeadline", err)
+	}
+	e.gate <- struct{}{}
+	// A later request still runs, and the expired one did not.
+	done := make(chan struct{})
+	go func() { b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: 8}); close(done) }()
+	e.gate <- struct{}{}
+	<-done
+	if c := e.computed(); c[7] || !c[8] {
+		t.Fatalf("computed %v: the expired request ran or the next did not", c)
+	}
+}
+
+func TestFullQueueRejectsAtOnce(t *testing.T) {
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers, cfg.QueueSize = 1, [2]int{2, 1}
+	b := newTest(t, cfg, e)
+	occupy(t, b, e)
+	for i := 1; i <= 2; i++ {
+		go b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: i})
+	}
+	waitDepth(t, b, Live, 2)
+	if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: 3}); !errors.Is(err, ErrOverloaded) {
+		t.Fatalf("live into a full queue: %v", err)
+	}
+	go b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: 4, Priority: Replay})
+	waitDepth(t, b, Replay, 1)
+	if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: 5, Priority: Replay}); !errors.Is(err, ErrOverloaded) {
+		t.Fatalf("replay into a full queue: %v", err)
+	}
+}
+
+func TestCloseDrainsQueuedWork(t *testing.T) {
+	e := &echo{}
+	cfg := baseConfig()
+	cfg.MaxDelay = time.Hour // only Close can release the partial batches
+	b, err := New(cfg, e.run, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start(context.Background())
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for i := 1; i <= 5; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: i}); err == nil {
+				ok.Add(1)
+			}
+		}(i)
+	}
+	waitDepth(t, b, Live, 5)
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if ok.Load() != 5 {
+		t.Fatalf("%d of 5 queued requests answered after Close", ok.Load())
+	}
+	if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Payload: 9}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Submit after Close = %v", err)
+	}
+}
+
+func TestPanicFailsTheBatchNotTheWorker(t *testing.T) {
+	e := &echo{panicOn: 3}
+	cfg := baseConfig()
+	cfg.Workers, cfg.MaxDelay = 1, 0
+	b := newTest(t, cfg, e)
+	if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: 3}); err == nil {
+		t.Fatal("panicking batch returned no error")
+	}
+	if res, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: 4}); err != nil || res != "g/4" {
+		t.Fatalf("after a panic: %q %v", res, err)
+	}
+}

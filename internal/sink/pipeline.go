@@ -1,0 +1,342 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/emoflow/emoflow/internal/contract"
+)
+
+// fetchErrorPause is the wait after a fetch error: the reader retries by
+// itself, and the pause keeps a lasting error from spinning the loop.
+const fetchErrorPause = 500 * time.Millisecond
+
+// messageSource is the consumer group's reader (a *kafka.Reader).
+type messageSource interface {
+	FetchMessage(ctx context.Context) (kafka.Message, error)
+	// CommitMessages commits, per partition, the highest offset given.
+	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// eventStore stores event rows (ClickHouse).
+type eventStore interface {
+	Insert(ctx context.Context, rows []eventRow) error
+}
+
+// messageWriter writes to the dead-letter topic (a *kafka.Writer).
+type messageWriter interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// pipelineConfig is how the pipeline batches and retries.
+type pipelineConfig struct {
+	// BatchSize is the most messages in a batch.
+	BatchSize int
+	// FlushInterval is the longest a batch waits for more messages after its
+	// first one.
+	FlushInterval time.Duration
+	// InsertTimeout bounds each insert attempt.
+	InsertTimeout time.Duration
+	// KafkaTimeout bounds each dead-letter write and offset commit.
+	KafkaTimeout time.Duration
+	// DrainTimeout bounds storing and committing the batch in hand after the
+	// context ends.
+	DrainTimeout time.Duration
+	// MaxEventBytes is the largest event accepted; larger ones are dead
+	// letters.
+	MaxEventBytes int
+	// Backoff makes the policy for retrying a failed insert or dead-letter
+	// write; retries go on until they succeed or the context ends.
+	Backoff func() backoff.BackOff
+}
+
+// pipeline moves events from the events topic to ClickHouse, one batch at a
+// time: fetch a batch, write its malformed messages to the dead-letter topic,
+// insert its events, then commit its offsets. Each step is retried until it
+// succeeds, and nothing more is fetched meanwhile, so an offset is committed
+// only after everything before it on its partition is stored or dead-lettered.
+type pipeline struct {
+	cfg         pipelineConfig
+	src         messageSource
+	store       eventStore
+	deadLetters messageWriter
+	metrics     *metrics
+	health      *health
+	log         *slog.Logger
+	// lag is per partition; only the pipeline's goroutine uses it.
+	lag map[topicPartition]*partitionLag
+}
+
+type topicPartition struct {
+	topic     string
+	partition int
+}
+
+// partitionLag is what the consumer-lag gauge is computed from.
+type partitionLag struct {
+	highWaterMark int64 // of the newest fetch
+	next          int64 // the next offset to commit
+}
+
+// batch is messages fetched and not yet committed.
+type batch struct {
+	messages    int
+	rows        []eventRow
+	deadLetters []kafka.Message
+	reasons     []contract.Reason // of deadLetters, for the metrics
+	// last is the highest offset fetched per partition: what the commit
+	// sends.
+	last map[topicPartition]int64
+
+	// Steps done, so that a retried flush does not repeat them.
+	deadLettersWritten bool
+	inserted           bool
+}
+
+func newPipeline(cfg pipelineConfig, src messageSource, store eventStore, deadLetters messageWriter,
+	m *metrics, h *health, log *slog.Logger) *pipeline {
+	return &pipeline{
+		cfg: cfg, src: src, store: store, deadLetters: deadLetters,
+		metrics: m, health: h, log: log,
+		lag: map[topicPartition]*partitionLag{},
+	}
+}
+
+// run works until ctx ends, then stores and commits the batch in hand
+// (bounded by DrainTimeout) and returns. It returns an error only if that
+// last batch could not be stored, or the reader failed for good.
+func (p *pipeline) run(ctx context.Context) error {
+	for {
+		b, fetchErr := p.fill(ctx)
+		if b.messages > 0 {
+			if err := p.storeBatch(ctx, b); err != nil {
+				return errors.Join(err, fetchErr)
+			}
+		}
+		if fetchErr != nil {
+			return fetchErr
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// fill fetches messages into a new batch until it holds BatchSize messages,
+// FlushInterval has passed since its first message, or ctx ends.
+func (p *pipeline) fill(ctx context.Context) (*batch, error) {
+	b := &batch{last: map[topicPartition]int64{}}
+	var deadline time.Time
+	for b.messages < p.cfg.BatchSize {
+		fetchCtx, cancel := ctx, context.CancelFunc(func() {})
+		if b.messages > 0 {
+			fetchCtx, cancel = context.WithDeadline(ctx, deadline)
+		}
+		m, err := p.src.FetchMessage(fetchCtx)
+		cancel()
+		if err != nil {
+			switch {
+			case ctx.Err() != nil:
+				return b, nil
+			case b.messages > 0 && !time.Now().Before(deadline):
+				return b, nil
+			case errors.Is(err, io.EOF):
+				return b, fmt.Errorf("events reader closed: %w", err)
+			}
+			p.metrics.fetchErrors.Inc()
+			p.log.Warn("fetching from the events topic failed; the reader retries", "err", err)
+			if !sleep(ctx, fetchErrorPause) {
+				return b, nil
+			}
+			continue
+		}
+		if b.messages == 0 {
+			deadline = time.Now().Add(p.cfg.FlushInterval)
+		}
+		p.add(b, m)
+	}
+	return b, nil
+}
+
+// add decodes m into b: a row, or a dead letter if m is malformed.
+func (p *pipeline) add(b *batch, m kafka.Message) {
+	b.messages++
+	tp := topicPartition{m.Topic, m.Partition}
+	if off, ok := b.last[tp]; !ok || m.Offset > off {
+		b.last[tp] = m.Offset
+	}
+	p.observeFetch(tp, m)
+
+	ev, err := decodeEvent(m.Value, p.cfg.MaxEventBytes)
+	if err != nil {
+		var inv *contract.InvalidError
+		if !errors.As(err, &inv) {
+			inv = &contract.InvalidError{Reason: contract.ReasonSchema, Detail: err.Error()}
+		}
+		p.log.Warn("malformed event; sending it to the dead-letter topic",
+			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", inv.Reason, "detail", inv.Detail)
+		b.deadLetters = append(b.deadLetters, newDeadLetter(m, inv, time.Now()))
+		b.reasons = append(b.reasons, inv.Reason)
+		return
+	}
+	b.rows = append(b.rows, newEventRow(&ev, m.Partition, m.Offset))
+}
+
+// newDeadLetter is m with its key, value and headers, followed by the
+// contract's dead-letter headers: why it was rejected, when, and where it
+// came from.
+func newDeadLetter(m kafka.Message, inv *contract.InvalidError, rejectedAt time.Time) kafka.Message {
+	headers := make([]kafka.Header, 0, len(m.Headers)+6)
+	headers = append(headers, m.Headers...)
+	headers = append(headers,
+		kafka.Header{Key: contract.HeaderReason, Value: []byte(inv.Reason)},
+		kafka.Header{Key: contract.HeaderDetail, Value: []byte(inv.Detail)},
+		kafka.Header{Key: contract.HeaderSourceTopic, Value: []byte(m.Topic)},
+		kafka.Header{Key: contract.HeaderSourcePartition, Value: []byte(strconv.Itoa(m.Partition))},
+		kafka.Header{Key: contract.HeaderSourceOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))},
+		kafka.Header{Key: contract.HeaderRejectedAt, Value: []byte(rejectedAt.UTC().Format(time.RFC3339Nano))},
+	)
+	return kafka.Message{Key: m.Key, Value: m.Value, Headers: headers}
+}
+
+// storeBatch flushes b; if ctx ends first, it tries once more, bounded by
+// DrainTimeout, so that a shutdown keeps the work already fetched.
+func (p *pipeline) storeBatch(ctx context.Context, b *batch) error {
+	if ctx.Err() == nil {
+		err := p.flush(ctx, b)
+		if err == nil || ctx.Err() == nil {
+			return err
+		}
+	}
+	p.health.notReadyBecause("shutting down")
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DrainTimeout)
+	defer cancel()
+	if err := p.flush(drainCtx, b); err != nil {
+		return fmt.Errorf("shutting down: %d fetched messages not stored or not committed (they will be delivered again): %w", b.messages, err)
+	}
+	p.log.Info("stored and committed the last batch", "messages", b.messages)
+	return nil
+}
+
+// flush writes b's dead letters, inserts its rows and commits its offsets.
+// It fails only if ctx ends first.
+func (p *pipeline) flush(ctx context.Context, b *batch) error {
+	if len(b.deadLetters) > 0 && !b.deadLettersWritten {
+		err := p.retry(ctx, p.cfg.KafkaTimeout, func(ctx context.Context) error {
+			return p.deadLetters.WriteMessages(ctx, b.deadLetters...)
+		}, func(err error, wait time.Duration) {
+			p.metrics.deadLetterErrors.Inc()
+			p.log.Warn("writing dead letters failed; retrying", "count", len(b.deadLetters), "retry_in", wait, "err", err)
+		})
+		if err != nil {
+			return fmt.Errorf("write %d dead letters: %w", len(b.deadLetters), err)
+		}
+		b.deadLettersWritten = true
+		for _, r := range b.reasons {
+			p.metrics.deadLetters.WithLabelValues(string(r)).Inc()
+		}
+	}
+	if len(b.rows) > 0 && !b.inserted {
+		var took time.Duration
+		err := p.retry(ctx, p.cfg.InsertTimeout, func(ctx context.Context) error {
+			start := time.Now()
+			err := p.store.Insert(ctx, b.rows)
+			took = time.Since(start)
+			if errors.Is(ctx.Err(), context.Canceled) {
+				// Shutting down, not a ClickHouse failure.
+				return err
+			}
+			p.health.inserted(err)
+			return err
+		}, func(err error, wait time.Duration) {
+			p.metrics.insertErrors.Inc()
+			p.log.Warn("inserting into clickhouse failed; retrying the same batch", "rows", len(b.rows), "retry_in", wait, "err", err)
+		})
+		if err != nil {
+			return fmt.Errorf("insert %d events: %w", len(b.rows), err)
+		}
+		b.inserted = true
+		now := time.Now()
+		p.metrics.rowsInserted.Add(float64(len(b.rows)))
+		p.metrics.batchRows.Observe(float64(len(b.rows)))
+		p.metrics.insertSeconds.Observe(took.Seconds())
+		for i := range b.rows {
+			p.metrics.endToEndSeconds.Observe(now.Sub(b.rows[i].SentAt).Seconds())
+		}
+	}
+	return p.commit(ctx, b)
+}
+
+// commit commits the highest offset of each partition in b. A failed commit
+// is not retried: the next batch's commit covers the same partitions, and
+// until then the events are merely delivered again. It fails only if ctx
+// ended, so that a shutdown retries it.
+func (p *pipeline) commit(ctx context.Context, b *batch) error {
+	msgs := make([]kafka.Message, 0, len(b.last))
+	for tp, off := range b.last {
+		msgs = append(msgs, kafka.Message{Topic: tp.topic, Partition: tp.partition, Offset: off})
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.KafkaTimeout)
+	defer cancel()
+	if err := p.src.CommitMessages(cctx, msgs...); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("commit offsets: %w", err)
+		}
+		p.metrics.commitErrors.Inc()
+		p.log.Warn("committing offsets failed; the events may be delivered again", "err", err)
+		return nil
+	}
+	for tp, off := range b.last {
+		if l := p.lag[tp]; l != nil && off+1 > l.next {
+			l.next = off + 1
+			p.setLag(tp, l)
+		}
+	}
+	return nil
+}
+
+// retry runs op, each attempt bounded by timeout, until it succeeds or ctx
+// ends; failed hears of each failure and the wait before the next attempt.
+func (p *pipeline) retry(ctx context.Context, timeout time.Duration, op func(context.Context) error, failed backoff.Notify) error {
+	return backoff.RetryNotify(func() error {
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return op(actx)
+	}, backoff.WithContext(p.cfg.Backoff(), ctx), failed)
+}
+
+func (p *pipeline) observeFetch(tp topicPartition, m kafka.Message) {
+	l := p.lag[tp]
+	if l == nil {
+		// Until the first commit, the first offset fetched is the best guess
+		// of the committed one.
+		l = &partitionLag{next: m.Offset}
+		p.lag[tp] = l
+	}
+	l.highWaterMark = m.HighWaterMark
+	p.setLag(tp, l)
+}
+
+func (p *pipeline) setLag(tp topicPartition, l *partitionLag) {
+	p.metrics.consumerLag.WithLabelValues(tp.topic, strconv.Itoa(tp.partition)).Set(float64(max(l.highWaterMark-l.next, 0)))
+}
+
+// sleep waits for d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,288 @@
+// Package sink owns the sink binary: it consumes emotion events from the
+// events topic with a Kafka consumer group, stores them in ClickHouse in
+// batches, and commits their offsets only after the batch is stored, so
+// every event is stored at least once; the ClickHouse tables and views it
+// creates (by versioned migrations, at start-up) deduplicate re-inserted
+// events, so dashboards see each one exactly once. Malformed events go to a
+// dead-letter topic. README.md in this folder documents the schema and how
+// to query it.
+package sink
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/emoflow/emoflow/internal/service"
+)
+
+// kafkaTimeout bounds each dead-letter write, offset commit and topic
+// creation request.
+const kafkaTimeout = 10 * time.Second
+
+// config is the sink's configuration; every field is a flag (see
+// RegisterFlags) and an EMOFLOW_* environment variable.
+type config struct {
+	KafkaBrokers           string
+	EventsTopic            string
+	GroupID                string
+	DeadLetterTopic        string
+	CreateTopics           bool
+	TopicPartitions        int
+	TopicReplicationFactor int
+	KafkaSessionTimeout    time.Duration
+
+	ClickHouseAddr     string
+	ClickHouseDatabase string
+	ClickHouseUser     string
+	ClickHousePassword string
+
+	BatchSize      int
+	FlushInterval  time.Duration
+	InsertTimeout  time.Duration
+	DrainTimeout   time.Duration
+	MaxEventBytes  int
+	HealthInterval time.Duration
+}
+
+// Component is the sink as a service.Component.
+type Component struct {
+	cfg config
+}
+
+// RegisterFlags declares the sink's flags.
+func (c *Component) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.cfg.KafkaBrokers, "kafka-brokers", "127.0.0.1:19092", "Kafka bootstrap brokers, comma-separated")
+	fs.StringVar(&c.cfg.EventsTopic, "events-topic", "emotion-events", "topic of the emotion events to store")
+	fs.StringVar(&c.cfg.GroupID, "group-id", "emoflow-sink", "Kafka consumer group of the sinks; sinks in one group share the partitions")
+	fs.StringVar(&c.cfg.DeadLetterTopic, "dead-letter-topic", "emotion-events-sink-dlq", "topic that receives malformed events, with a reason header")
+	fs.BoolVar(&c.cfg.CreateTopics, "create-topics", true, "create the events and dead-letter topics at start-up if they are missing")
+	fs.IntVar(&c.cfg.TopicPartitions, "topic-partitions", 4, "partitions of the topics the sink creates")
+	fs.IntVar(&c.cfg.TopicReplicationFactor, "topic-replication-factor", 1, "replication factor of the topics the sink creates")
+	fs.DurationVar(&c.cfg.KafkaSessionTimeout, "kafka-session-timeout", 10*time.Second, "consumer group session timeout: how soon the partitions of a sink that died are handed to the others (the broker allows 6s to 30m by default)")
+	fs.StringVar(&c.cfg.ClickHouseAddr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol addresses, comma-separated")
+	fs.StringVar(&c.cfg.ClickHouseDatabase, "clickhouse-database", "emoflow", "ClickHouse database of the sink's tables; created if missing")
+	fs.StringVar(&c.cfg.ClickHouseUser, "clickhouse-user", "default", "ClickHouse user")
+	fs.StringVar(&c.cfg.ClickHousePassword, "clickhouse-password", "", "ClickHouse password (prefer the environment variable to the flag)")
+	fs.IntVar(&c.cfg.BatchSize, "batch-size", 5000, "most events per ClickHouse insert")
+	fs.DurationVar(&c.cfg.FlushInterval, "flush-interval", time.Second, "longest wait for a batch to fill after its first event")
+	fs.DurationVar(&c.cfg.InsertTimeout, "insert-timeout", 30*time.Second, "bound on each ClickHouse insert attempt and statement")
+	fs.DurationVar(&c.cfg.DrainTimeout, "drain-timeout", 20*time.Second, "on shutdown, how long to keep trying to store and commit the batch in hand; keep it below -shutdown-timeout")
+	fs.IntVar(&c.cfg.MaxEventBytes, "max-event-bytes", 1<<20, "largest event accepted; larger ones go to the dead-letter topic")
+	fs.DurationVar(&c.cfg.HealthInterval, "health-interval", 5*time.Second, "how often ClickHouse is pinged for /readyz")
+}
+
+func (cfg *config) validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(len(splitList(cfg.KafkaBrokers)) > 0, "-kafka-brokers is empty")
+	check(cfg.EventsTopic != "", "-events-topic is empty")
+	check(cfg.DeadLetterTopic != "", "-dead-letter-topic is empty")
+	check(cfg.DeadLetterTopic != cfg.EventsTopic, "-dead-letter-topic must differ from -events-topic")
+	check(cfg.GroupID != "", "-group-id is empty")
+	check(cfg.TopicPartitions > 0, "-topic-partitions must be positive")
+	check(cfg.TopicReplicationFactor > 0, "-topic-replication-factor must be positive")
+	check(cfg.KafkaSessionTimeout > 0, "-kafka-session-timeout must be positive")
+	check(len(splitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
+	check(databaseName.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
+	check(cfg.BatchSize > 0, "-batch-size must be positive")
+	check(cfg.FlushInterval > 0, "-flush-interval must be positive")
+	check(cfg.InsertTimeout > 0, "-insert-timeout must be positive")
+	check(cfg.DrainTimeout > 0, "-drain-timeout must be positive")
+	check(cfg.MaxEventBytes > 0, "-max-event-bytes must be positive")
+	check(cfg.HealthInterval > 0, "-health-interval must be positive")
+	return errors.Join(errs...)
+}
+
+// Run starts the sink: it waits for ClickHouse and applies the migrations,
+// creates the topics if asked to, then consumes until ctx ends.
+func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
+	cfg := c.cfg
+	if err := cfg.validate(); err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	log := rt.Logger
+	m, err := newMetrics(rt.Metrics)
+	if err != nil {
+		return err
+	}
+	h := newHealth(rt.SetNotReady, m.clickhouseHealthy)
+	migrations, err := loadMigrations(migrationFiles, "migrations")
+	if err != nil {
+		return err
+	}
+
+	conn, err := openClickHouse(clickhouseOptions{
+		Addrs:    splitList(cfg.ClickHouseAddr),
+		User:     cfg.ClickHouseUser,
+		Password: cfg.ClickHousePassword,
+		Timeout:  cfg.InsertTimeout,
+	})
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	defer conn.Close()
+	store := &clickhouseStore{conn: conn, database: cfg.ClickHouseDatabase, now: time.Now}
+
+	mig := &migrator{conn: conn, database: cfg.ClickHouseDatabase, timeout: cfg.InsertTimeout}
+	err = retryStartup(ctx, h, log, "clickhouse migrations", func(ctx context.Context) error {
+		applied, changed, err := mig.Migrate(ctx, migrations)
+		if err != nil {
+			return err
+		}
+		h.pinged(nil)
+		if len(changed) > 0 {
+			log.Warn("applied migrations differ from this binary's; never edit a released migration", "versions", changed)
+		}
+		log.Info("clickhouse schema is current", "database", cfg.ClickHouseDatabase, "applied_now", applied, "latest", len(migrations))
+		return nil
+	})
+	if err != nil {
+		return startupError(ctx, err)
+	}
+
+	brokers := splitList(cfg.KafkaBrokers)
+	if cfg.CreateTopics {
+		client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: kafkaTimeout}
+		topics := []string{cfg.EventsTopic, cfg.DeadLetterTopic}
+		err = retryStartup(ctx, h, log, "kafka topics", func(ctx context.Context) error {
+			return ensureTopics(ctx, client, topics, cfg.TopicPartitions, cfg.TopicReplicationFactor)
+		})
+		if err != nil {
+			return startupError(ctx, err)
+		}
+	}
+
+	kafkaErrors := kafka.LoggerFunc(func(msg string, args ...any) {
+		log.Warn("kafka: " + fmt.Sprintf(msg, args...))
+	})
+	reader := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:               brokers,
+		GroupID:               cfg.GroupID,
+		Topic:                 cfg.EventsTopic,
+		MinBytes:              1,
+		MaxBytes:              8 << 20,
+		MaxWait:               500 * time.Millisecond,
+		QueueCapacity:         1000,
+		StartOffset:           kafka.FirstOffset,
+		SessionTimeout:        cfg.KafkaSessionTimeout,
+		HeartbeatInterval:     cfg.KafkaSessionTimeout / 4,
+		WatchPartitionChanges: true,
+		// CommitInterval 0: CommitMessages commits before it returns.
+		ErrorLogger: kafkaErrors,
+	})
+	defer func() {
+		if err := reader.Close(); err != nil {
+			log.Warn("closing the events reader", "err", err)
+		}
+	}()
+	deadLetters := &kafka.Writer{
+		Addr:         kafka.TCP(brokers...),
+		Topic:        cfg.DeadLetterTopic,
+		Balancer:     &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll,
+		// Dead letters are written in one call per batch; do not wait for
+		// more.
+		BatchTimeout: 10 * time.Millisecond,
+		WriteTimeout: kafkaTimeout,
+		ErrorLogger:  kafkaErrors,
+	}
+	defer func() {
+		if err := deadLetters.Close(); err != nil {
+			log.Warn("closing the dead-letter writer", "err", err)
+		}
+	}()
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var watching sync.WaitGroup
+	watching.Go(func() { h.watch(watchCtx, cfg.HealthInterval, cfg.HealthInterval, store.Ping) })
+	defer watching.Wait()
+	defer stopWatch()
+
+	p := newPipeline(pipelineConfig{
+		BatchSize:     cfg.BatchSize,
+		FlushInterval: cfg.FlushInterval,
+		InsertTimeout: cfg.InsertTimeout,
+		KafkaTimeout:  kafkaTimeout,
+		DrainTimeout:  cfg.DrainTimeout,
+		MaxEventBytes: cfg.MaxEventBytes,
+		Backoff:       newRetryBackoff,
+	}, reader, store, deadLetters, m, h, log)
+	h.started()
+	log.Info("consuming", "topic", cfg.EventsTopic, "group", cfg.GroupID, "batch_size", cfg.BatchSize, "flush_interval", cfg.FlushInterval)
+	return p.run(ctx)
+}
+
+// newRetryBackoff is the retry policy of inserts, dead-letter writes and
+// start-up steps: exponential up to 5s between attempts, forever.
+func newRetryBackoff() backoff.BackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(200*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second),
+		backoff.WithMaxElapsedTime(0),
+	)
+}
+
+// retryStartup runs a start-up step until it succeeds or ctx ends; meanwhile
+// /readyz says which step waits and why.
+func retryStartup(ctx context.Context, h *health, log *slog.Logger, step string, op func(context.Context) error) error {
+	h.notReadyBecause("starting: " + step)
+	return backoff.RetryNotify(func() error { return op(ctx) }, backoff.WithContext(newRetryBackoff(), ctx),
+		func(err error, wait time.Duration) {
+			h.notReadyBecause(fmt.Sprintf("starting: %s: %v", step, err))
+			log.Warn("start-up step failed; retrying", "step", step, "retry_in", wait, "err", err)
+		})
+}
+
+// startupError is nil when start-up ended because ctx did (a shutdown
+// before the sink was ready is not a failure).
+func startupError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// ensureTopics creates those of topics that do not exist.
+func ensureTopics(ctx context.Context, client *kafka.Client, topics []string, partitions, replicationFactor int) error {
+	req := &kafka.CreateTopicsRequest{}
+	for _, t := range topics {
+		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: replicationFactor})
+	}
+	ctx, cancel := context.WithTimeout(ctx, kafkaTimeout)
+	defer cancel()
+	resp, err := client.CreateTopics(ctx, req)
+	if err != nil {
+		return fmt.Errorf("create topics %s: %w", strings.Join(topics, ", "), err)
+	}
+	var errs []error
+	for _, t := range topics {
+		if err := resp.Errors[t]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+			errs = append(errs, fmt.Errorf("create topic %s: %w", t, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
