@@ -33,8 +33,9 @@ type ClassifyRequest struct {
 type ClassifyResponse struct {
 	// Model is the base model: its name and weights fingerprint.
 	Model string `json:"model"`
-	// Adapter is the adapter that computed the results, "id@version"
-	// (empty for the bare base model).
+	// Adapter is the adapter that computed the results, "id@version"; the
+	// base model with the server's prompt template is the pseudo-adapter
+	// "base@<template version>".
 	Adapter string `json:"adapter"`
 	// LabelSet identifies the prompt template and label set (a hash), so
 	// that cached results of another prompt are never reused.

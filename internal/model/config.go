@@ -236,6 +236,9 @@ func ParseConfig(data []byte) (Config, error) {
 	default:
 		return Config{}, fmt.Errorf("model_type %q is not supported (want chatglm or glm)", r.ModelType)
 	}
+	if r.NameOrPath != "" {
+		c.Name = filepath.Base(r.NameOrPath)
+	}
 	if r.PreSeqLen != nil {
 		c.PreSeqLen = *r.PreSeqLen
 	}

@@ -163,6 +163,15 @@ func (sc *Scorer) Close() { sc.past.Free() }
 // Labels is the number of labels.
 func (sc *Scorer) Labels() int { return len(sc.p.Labels) }
 
+// LabelTokens is the size of the label block every row carries.
+func (sc *Scorer) LabelTokens() int {
+	n := 0
+	for _, l := range sc.p.Labels {
+		n += len(l)
+	}
+	return n
+}
+
 // RowTokens is the number of tokens a text of n tokens costs in a batch
 // row, without the label block (for the batcher's token budget).
 func (sc *Scorer) RowTokens(n int) int {

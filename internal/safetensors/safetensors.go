@@ -256,6 +256,9 @@ func Write(path string, tensors []Tensor, metadata map[string]string) error {
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o644)
+	}
 	if err != nil {
 		return fmt.Errorf("safetensors: write %s: %w", path, err)
 	}

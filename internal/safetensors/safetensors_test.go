@@ -85,8 +85,8 @@ func TestOpenRejectsBadFiles(t *testing.T) {
 		want string
 	}{
 		"truncated data": {raw(t, ok, make([]byte, 4)), "outside"},
-		"size mismatch": {raw(t, map[string]any{"w": map[string]any{"dtype": "F32", "shape": []int{3}, "data_offsets": []int{0, 8}}}, make([]byte, 8)), "want 12"},
-		"unknown dtype": {raw(t, map[string]any{"w": map[string]any{"dtype": "Q4", "shape": []int{2}, "data_offsets": []int{0, 8}}}, make([]byte, 8)), "unsupported dtype"},
+		"size mismatch":  {raw(t, map[string]any{"w": map[string]any{"dtype": "F32", "shape": []int{3}, "data_offsets": []int{0, 8}}}, make([]byte, 8)), "want 12"},
+		"unknown dtype":  {raw(t, map[string]any{"w": map[string]any{"dtype": "Q4", "shape": []int{2}, "data_offsets": []int{0, 8}}}, make([]byte, 8)), "unsupported dtype"},
 		"overlap": {raw(t, map[string]any{
 			"a": map[string]any{"dtype": "F32", "shape": []int{2}, "data_offsets": []int{0, 8}},
 			"b": map[string]any{"dtype": "F32", "shape": []int{2}, "data_offsets": []int{4, 12}},

@@ -61,9 +61,9 @@ type Component struct {
 // RegisterFlags declares the sink's flags.
 func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.cfg.KafkaBrokers, "kafka-brokers", "127.0.0.1:19092", "Kafka bootstrap brokers, comma-separated")
-	fs.StringVar(&c.cfg.EventsTopic, "events-topic", "emotion-events", "topic of the emotion events to store")
+	fs.StringVar(&c.cfg.EventsTopic, "events-topic", "emotion.events", "topic of the emotion events to store")
 	fs.StringVar(&c.cfg.GroupID, "group-id", "emoflow-sink", "Kafka consumer group of the sinks; sinks in one group share the partitions")
-	fs.StringVar(&c.cfg.DeadLetterTopic, "dead-letter-topic", "emotion-events-sink-dlq", "topic that receives malformed events, with a reason header")
+	fs.StringVar(&c.cfg.DeadLetterTopic, "dead-letter-topic", "emotion.events.dead-letter", "topic that receives malformed events, with a reason header")
 	fs.BoolVar(&c.cfg.CreateTopics, "create-topics", true, "create the events and dead-letter topics at start-up if they are missing")
 	fs.IntVar(&c.cfg.TopicPartitions, "topic-partitions", 4, "partitions of the topics the sink creates")
 	fs.IntVar(&c.cfg.TopicReplicationFactor, "topic-replication-factor", 1, "replication factor of the topics the sink creates")

@@ -1,0 +1,64 @@
+// Command emoctl is the operator's tool:
+//
+//	emoctl tiny-model -out DIR      write a tiny random ChatGLM3-architecture
+//	                                model with a real SentencePiece tokenizer
+//	emoctl produce [flags]          send chat messages (from ../shared/data
+//	                                or a built-in sample) to the input topic
+//
+// Run a subcommand with -h for its flags; every flag can also be set by its
+// EMOFLOW_* environment variable.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"tiny-model", "write a tiny random ChatGLM3-architecture model and tokenizer", tinyModel},
+		{"produce", "send chat messages to the input topic", produce},
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: emoctl COMMAND [flags]\n\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(os.Stderr, "  %-12s %s\n", c.name, c.summary)
+	}
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	for _, c := range commands() {
+		if c.name == os.Args[1] {
+			err := c.run(ctx, os.Args[2:])
+			switch {
+			case err == nil:
+				os.Exit(0)
+			case errors.Is(err, flag.ErrHelp):
+				os.Exit(0)
+			default:
+				fmt.Fprintf(os.Stderr, "emoctl %s: %v\n", c.name, err)
+				os.Exit(1)
+			}
+		}
+	}
+	usage()
+	os.Exit(2)
+}

@@ -1,0 +1,372 @@
+// Package classifier is the classifier worker: it loads a ChatGLM checkpoint
+// and its tokenizer, serves the HTTP API of internal/classifyapi
+// (POST /v1/classify, GET /v1/adapters), and feeds the model through the
+// dynamic batcher so that requests arriving one by one are computed in
+// batches, live traffic first.
+package classifier
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/emoflow/emoflow/internal/batcher"
+	"github.com/emoflow/emoflow/internal/classifyapi"
+	"github.com/emoflow/emoflow/internal/model"
+	"github.com/emoflow/emoflow/internal/prompt"
+	"github.com/emoflow/emoflow/internal/service"
+	"github.com/emoflow/emoflow/internal/tensor"
+	"github.com/emoflow/emoflow/internal/tokenizer"
+)
+
+// Component is the classifier binary.
+type Component struct {
+	ModelDir       string
+	TokenizerDir   string
+	PromptFile     string
+	Device         string
+	DType          string
+	Threads        int
+	Workers        int
+	MaxTexts       int
+	MaxTextBytes   int
+	MaxTextTokens  int
+	MaxBatchRows   int
+	MaxBatchTokens int
+	MaxQueueDelay  time.Duration
+	QueueLive      int
+	QueueReplay    int
+	DefaultDL      time.Duration
+	MaxDL          time.Duration
+}
+
+// RegisterFlags declares the classifier's configuration.
+func (c *Component) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.ModelDir, "model-dir", "", "checkpoint folder: config.json and model.safetensors / pytorch_model.bin (single or sharded) (required)")
+	fs.StringVar(&c.TokenizerDir, "tokenizer-dir", "", "folder with tokenizer.model or ice_text.model (default: -model-dir)")
+	fs.StringVar(&c.PromptFile, "prompt", "", "prompt template JSON (text with {text}, labels, wrap); default: the built-in Ekman template")
+	fs.StringVar(&c.Device, "device", "cpu", "where the model runs: cpu, cuda or cuda:N")
+	fs.StringVar(&c.DType, "dtype", "float32", "compute dtype: float32, bfloat16 or float16 (float16 on CUDA only)")
+	fs.IntVar(&c.Threads, "threads", 0, "libtorch intra-op threads (0: CPU cores / -workers)")
+	fs.IntVar(&c.Workers, "workers", 1, "batches computed at once (one per GPU; on CPU, thread groups)")
+	fs.IntVar(&c.MaxTexts, "max-texts", 64, "most texts in one /v1/classify request")
+	fs.IntVar(&c.MaxTextBytes, "max-text-bytes", 4096, "longest text accepted, in bytes")
+	fs.IntVar(&c.MaxTextTokens, "max-text-tokens", 256, "texts longer than this many tokens are truncated (and flagged)")
+	fs.IntVar(&c.MaxBatchRows, "max-batch-rows", 64, "most texts in one model batch")
+	fs.IntVar(&c.MaxBatchTokens, "max-batch-tokens", 8192, "token budget of one model batch: rows × padded length")
+	fs.DurationVar(&c.MaxQueueDelay, "max-queue-delay", 10*time.Millisecond, "longest a text waits for others to fill its batch")
+	fs.IntVar(&c.QueueLive, "queue-live", 4096, "most queued live texts; more are rejected with 429")
+	fs.IntVar(&c.QueueReplay, "queue-replay", 8192, "most queued replay texts; more are rejected with 429")
+	fs.DurationVar(&c.DefaultDL, "default-deadline", 30*time.Second, "deadline of a request that sets none")
+	fs.DurationVar(&c.MaxDL, "max-deadline", 10*time.Minute, "longest deadline a request may ask for")
+}
+
+func (c *Component) validate() error {
+	switch {
+	case c.ModelDir == "":
+		return errors.New("-model-dir is required")
+	case c.Workers <= 0:
+		return errors.New("-workers must be positive")
+	case c.MaxTexts <= 0 || c.MaxTextBytes <= 0 || c.MaxTextTokens <= 0:
+		return errors.New("-max-texts, -max-text-bytes and -max-text-tokens must be positive")
+	case c.MaxBatchRows <= 0 || c.MaxBatchTokens <= 0:
+		return errors.New("-max-batch-rows and -max-batch-tokens must be positive")
+	case c.QueueLive <= 0 || c.QueueReplay <= 0:
+		return errors.New("-queue-live and -queue-replay must be positive")
+	case c.DefaultDL <= 0 || c.MaxDL < c.DefaultDL:
+		return errors.New("-default-deadline must be positive and not above -max-deadline")
+	}
+	return nil
+}
+
+// Run loads the model, serves until ctx ends, then drains the queue.
+func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
+	if err := c.validate(); err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	dev, err := tensor.ParseDevice(c.Device)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	dt, err := tensor.ParseDType(c.DType)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	tmpl := prompt.Default()
+	if c.PromptFile != "" {
+		if tmpl, err = prompt.Read(c.PromptFile); err != nil {
+			return &service.ConfigError{Err: err}
+		}
+	}
+	threads := c.Threads
+	if threads <= 0 {
+		threads = max(1, runtime.NumCPU()/c.Workers)
+	}
+	tensor.SetThreads(threads)
+
+	rt.SetNotReady("loading the model")
+	start := time.Now()
+	m, err := model.Load(c.ModelDir, model.Options{Device: dev, DType: dt, Logger: rt.Logger})
+	if err != nil {
+		return fmt.Errorf("load model: %w", err)
+	}
+	defer m.Close()
+	tokDir := c.TokenizerDir
+	if tokDir == "" {
+		tokDir = c.ModelDir
+	}
+	tok, err := tokenizer.Load(tokDir, tokenizer.Options{})
+	if err != nil {
+		return fmt.Errorf("load tokenizer: %w", err)
+	}
+	eng, err := newEngine(m, tok, tmpl, c.MaxTextTokens)
+	if err != nil {
+		return err
+	}
+	defer eng.close()
+	rt.Logger.Info("model loaded", "model", m.ID(), "arch", m.Config().Arch, "layers", m.Config().Layers,
+		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", dt, "device", dev, "threads", tensor.Threads(),
+		"tokenizer", tok.Family(), "template", tmpl.Name, "labels", tmpl.Labels, "took", time.Since(start).Round(time.Millisecond))
+
+	rt.SetNotReady("warming up")
+	if err := eng.warmUp(); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+
+	met := newMetrics(rt.Metrics)
+	b, err := batcher.New(batcher.Config{
+		MaxRows: c.MaxBatchRows, MaxTokens: c.MaxBatchTokens,
+		RowOverhead: labelBlockTokens(eng.base), MaxDelay: c.MaxQueueDelay,
+		QueueSize: [2]int{c.QueueLive, c.QueueReplay}, Workers: c.Workers,
+	}, eng.run, met)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	b.Start(workCtx)
+
+	srv := &server{cfg: c, eng: eng, batcher: b, met: met}
+	rt.Mux.HandleFunc("POST /v1/classify", srv.classify)
+	rt.Mux.HandleFunc("GET /v1/adapters", srv.adapters)
+	rt.SetReady()
+	rt.Logger.Info("ready", "addr", rt.Addr)
+
+	<-ctx.Done()
+	srv.draining.Store(true)
+	rt.Logger.Info("draining the queue", "live", b.Depth(batcher.Live), "replay", b.Depth(batcher.Replay))
+	// The service bounds the drain with -shutdown-timeout.
+	if err := b.Close(context.Background()); err != nil {
+		return err
+	}
+	return nil
+}
+
+// labelBlockTokens is the number of label tokens every row carries.
+func labelBlockTokens(h *head) int {
+	return h.scorer.LabelTokens()
+}
+
+type server struct {
+	cfg      *Component
+	eng      *engine
+	batcher  *batcher.Batcher[job, model.Result]
+	met      *metrics
+	draining atomic.Bool
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, status, classifyapi.ErrorResponse{Error: classifyapi.ErrorBody{Code: code, Message: msg}})
+}
+
+func (s *server) adapters(w http.ResponseWriter, _ *http.Request) {
+	resp := classifyapi.AdaptersResponse{Model: s.eng.model.ID(), Default: s.eng.base.key()}
+	for _, h := range s.eng.heads {
+		resp.Adapters = append(resp.Adapters, h.info)
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *server) classify(w http.ResponseWriter, r *http.Request) {
+	received := time.Now()
+	outcome, adapter := "bad_request", ""
+	defer func() { s.met.requests.WithLabelValues(adapter, outcome).Inc() }()
+	if s.draining.Load() {
+		outcome = "unavailable"
+		writeError(w, http.StatusServiceUnavailable, classifyapi.CodeUnavailable, "shutting down")
+		return
+	}
+	limit := int64(s.cfg.MaxTexts)*int64(s.cfg.MaxTextBytes)*2 + 4096
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		outcome = "too_large"
+		writeError(w, http.StatusRequestEntityTooLarge, classifyapi.CodeTooLarge, fmt.Sprintf("request body over %d bytes", limit))
+		return
+	}
+	if !utf8.Valid(body) {
+		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "request body is not valid UTF-8")
+		return
+	}
+	var req classifyapi.ClassifyRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "malformed JSON: "+err.Error())
+		return
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "malformed JSON: trailing data")
+		return
+	}
+	switch {
+	case len(req.Texts) == 0:
+		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "texts must hold at least one text")
+		return
+	case len(req.Texts) > s.cfg.MaxTexts:
+		outcome = "too_large"
+		writeError(w, http.StatusRequestEntityTooLarge, classifyapi.CodeTooLarge, fmt.Sprintf("%d texts exceed the limit of %d per request", len(req.Texts), s.cfg.MaxTexts))
+		return
+	}
+	for i, t := range req.Texts {
+		if code, msg := validText(t, s.cfg.MaxTextBytes); code != "" {
+			status := http.StatusBadRequest
+			if code == classifyapi.CodeTooLarge {
+				status, outcome = http.StatusRequestEntityTooLarge, "too_large"
+			}
+			writeError(w, status, code, fmt.Sprintf("texts[%d]: %s", i, msg))
+			return
+		}
+	}
+	var prio batcher.Priority
+	switch req.Priority {
+	case "", classifyapi.PriorityLive:
+		prio = batcher.Live
+	case classifyapi.PriorityReplay:
+		prio = batcher.Replay
+	default:
+		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, fmt.Sprintf("priority must be %q or %q, got %q", classifyapi.PriorityLive, classifyapi.PriorityReplay, req.Priority))
+		return
+	}
+	deadline := s.cfg.DefaultDL
+	switch {
+	case req.DeadlineMs < 0:
+		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "deadline_ms must not be negative")
+		return
+	case time.Duration(req.DeadlineMs)*time.Millisecond > s.cfg.MaxDL:
+		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, fmt.Sprintf("deadline_ms %d exceeds the maximum of %d", req.DeadlineMs, s.cfg.MaxDL.Milliseconds()))
+		return
+	case req.DeadlineMs > 0:
+		deadline = time.Duration(req.DeadlineMs) * time.Millisecond
+	}
+	h, err := s.eng.resolve(req.Adapter)
+	if err != nil {
+		outcome = "unknown_adapter"
+		if errors.Is(err, errUnknownAdapter) {
+			writeError(w, http.StatusNotFound, classifyapi.CodeUnknownAdapter, fmt.Sprintf("no adapter %q (GET /v1/adapters lists them)", req.Adapter))
+		} else {
+			writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, err.Error())
+		}
+		return
+	}
+	adapter = h.key()
+
+	ctx, cancel := context.WithDeadline(r.Context(), received.Add(deadline))
+	defer cancel()
+	results := make([]model.Result, len(req.Texts))
+	errs := make([]error, len(req.Texts))
+	var wg sync.WaitGroup
+	for i, text := range req.Texts {
+		tokens := s.eng.encode(text)
+		if len(tokens) == 0 {
+			// Text that tokenizes to nothing (only control characters) is
+			// still a message: classify it as a single space.
+			tokens = s.eng.encode(" ")
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = s.batcher.Submit(ctx, batcher.Request[job]{
+				Group: h.key(), Cost: h.scorer.RowTokens(len(tokens)), Priority: prio,
+				Payload: job{head: h, tokens: tokens},
+			})
+			if errs[i] != nil {
+				cancel() // the request fails as a whole: free the rest of its rows
+			}
+		}()
+	}
+	wg.Wait()
+	if err := firstError(errs); err != nil {
+		switch {
+		case errors.Is(err, batcher.ErrOverloaded):
+			outcome = "overloaded"
+			writeError(w, http.StatusTooManyRequests, classifyapi.CodeOverloaded, "queue full; retry later")
+		case errors.Is(err, batcher.ErrDeadline), errors.Is(err, context.DeadlineExceeded):
+			outcome = "deadline"
+			writeError(w, http.StatusGatewayTimeout, classifyapi.CodeDeadline, "deadline passed before the texts were classified")
+		case errors.Is(err, batcher.ErrClosed), errors.Is(err, context.Canceled):
+			outcome = "unavailable"
+			writeError(w, http.StatusServiceUnavailable, classifyapi.CodeUnavailable, "shutting down or the client went away")
+		default:
+			outcome = "error"
+			writeError(w, http.StatusInternalServerError, classifyapi.CodeInternal, err.Error())
+		}
+		return
+	}
+	outcome = "ok"
+	resp := classifyapi.ClassifyResponse{
+		Model: s.eng.model.ID(), Adapter: h.key(), LabelSet: h.info.LabelSet, Labels: h.info.Labels,
+		Results: make([]classifyapi.Result, len(results)),
+	}
+	for i, res := range results {
+		probs := make(map[string]float64, len(res.Probs))
+		for k, p := range res.Probs {
+			probs[h.info.Labels[k]] = p
+		}
+		resp.Results[i] = classifyapi.Result{Label: h.info.Labels[res.Best], Probabilities: probs, Truncated: res.Truncated}
+	}
+	w.Header().Set("X-Request-Duration-Ms", strconv.FormatInt(time.Since(received).Milliseconds(), 10))
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// firstError picks the error that explains a failed request: a failure of
+// its own (overload, a computation error) before a passed deadline, and
+// both before the cancellations one failed text causes in its siblings.
+func firstError(errs []error) error {
+	rank := func(err error) int {
+		switch {
+		case err == nil:
+			return 0
+		case errors.Is(err, context.Canceled):
+			return 1
+		case errors.Is(err, batcher.ErrDeadline), errors.Is(err, context.DeadlineExceeded):
+			return 2
+		}
+		return 3
+	}
+	var worst error
+	for _, err := range errs {
+		if rank(err) > rank(worst) {
+			worst = err
+		}
+	}
+	return worst
+}
