@@ -190,7 +190,10 @@ func TestLiveBeforeReplay(t *testing.T) {
 	var wg sync.WaitGroup
 	submit := func(p Priority, n int) {
 		wg.Add(1)
-		go func() { defer wg.Done(); b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: n, Priority: p}) }()
+		go func() {
+			defer wg.Done()
+			b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: n, Priority: p})
+		}()
 	}
 	for i := 1; i <= 4; i++ {
 		submit(Replay, i)
