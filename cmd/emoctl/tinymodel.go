@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"github.com/emoflow/emoflow/internal/datasets"
 	"github.com/emoflow/emoflow/internal/randmodel"
@@ -47,29 +44,10 @@ func tinyModel(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
-	corpus, err := writeCorpus(*data, *out)
-	if err != nil {
+	if err := randmodel.TrainTokenizer(ctx, *out, corpusLines(*data), *vocab); err != nil {
 		return err
 	}
-	defer os.Remove(corpus)
-	prefix := filepath.Join(*out, "spm")
-	train := exec.CommandContext(ctx, "spm_train", "--input="+corpus, "--model_prefix="+prefix,
-		"--model_type=bpe", fmt.Sprintf("--vocab_size=%d", *vocab), "--byte_fallback=true",
-		"--normalization_rule_name=identity", "--add_dummy_prefix=true", "--remove_extra_whitespaces=false",
-		"--split_digits=true", "--allow_whitespace_only_pieces=true", "--character_coverage=0.9995",
-		"--hard_vocab_limit=false", "--num_threads=2", "--minloglevel=2")
-	if msg, err := train.CombinedOutput(); err != nil {
-		return fmt.Errorf("spm_train (Debian package sentencepiece): %v\n%s", err, msg)
-	}
-	if err := os.Rename(prefix+".model", filepath.Join(*out, "tokenizer.model")); err != nil {
-		return err
-	}
-	os.Remove(prefix + ".vocab")
 	name := "emoflow/chatglm3-tiny-random"
-	cfg, _ := json.MarshalIndent(map[string]any{"name_or_path": name, "tokenizer_class": "ChatGLMTokenizer"}, "", "  ")
-	if err := os.WriteFile(filepath.Join(*out, "tokenizer_config.json"), cfg, 0o644); err != nil {
-		return err
-	}
 	tok, err := tokenizer.Load(*out, tokenizer.Options{})
 	if err != nil {
 		return fmt.Errorf("the trained tokenizer does not load: %w", err)
@@ -105,9 +83,9 @@ func defaultDataDir() string {
 	return filepath.Join("..", "shared", "data")
 }
 
-// writeCorpus writes the tokenizer's training text into dir and returns its
-// path.
-func writeCorpus(dataDir, dir string) (string, error) {
+// corpusLines is the tokenizer's training text: GoEmotions' training
+// texts, or the built-in sample, and the default prompt's words.
+func corpusLines(dataDir string) []string {
 	var lines []string
 	if ex, err := datasets.Read(dataDir, datasets.GoEmotionsEkman, "train"); err == nil {
 		for _, e := range ex {
@@ -119,9 +97,6 @@ func writeCorpus(dataDir, dir string) (string, error) {
 			lines = append(lines, s.text)
 		}
 	}
-	// Chat-format pieces the prompts use.
-	lines = append(lines, "Classify the emotion of this chat message as one of: anger, disgust, fear, joy, neutral, sadness, surprise.",
+	return append(lines, "Classify the emotion of this chat message as one of: anger, disgust, fear, joy, neutral, sadness, surprise.",
 		"Message:", "Answer with one word.")
-	path := filepath.Join(dir, "corpus.txt")
-	return path, os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
 }

@@ -194,8 +194,10 @@ func wrapTokens(tok tokenizer.Tokenizer, wrap Wrap) (pre, post, answerOpen []int
 		pre, err = special("[gMASK]", "sop")
 		return append(pre, tok.Encode("[Round 1]\n\n问：")...), tok.Encode("\n\n答："), nil, err
 	case tokenizer.ChatGLM:
+		// ChatGLM-6B's chat() sends a first turn bare; "[Round N]" framing
+		// only appears with history.
 		post, err = special("[gMASK]", "<sop>")
-		return tok.Encode("[Round 0]\n问："), append(tok.Encode("\n答："), post...), nil, err
+		return nil, post, nil, err
 	}
 	return nil, nil, nil, fmt.Errorf("no chat format for tokenizer family %q", fam)
 }
