@@ -168,8 +168,11 @@ func (m *Model) block(s *tensor.Scope, l *layerWeights, x *tensor.Tensor, rot ro
 	attn, k, v := m.attention(s, l, h, rot, pastK, pastV, mask, B, L)
 	if m.cfg.Arch == ArchGLM1 {
 		// Post-layer-norm residuals scaled by alpha = sqrt(2·layers): the
-		// residual is the normalised input, not the input.
-		alpha := math.Sqrt(2 * float64(m.cfg.Layers))
+		// residual is the normalised input, not the input. THUDM's code
+		// never passes num_layers to its blocks, whose default is 28 (the
+		// real model's depth), so alpha is sqrt(56) whatever config.json
+		// says; the reference outputs of small test models follow that.
+		alpha := math.Sqrt(2 * 28)
 		mid := s.Add(s.Scale(h, alpha), attn)
 		h2 := m.norm(s, mid, l.postNormW, l.postNormB)
 		return s.Add(s.Scale(h2, alpha), m.mlp(s, l, h2)), k, v
