@@ -12,7 +12,6 @@ import (
 	"math"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,90 +24,9 @@ import (
 	"github.com/emoflow/emoflow/internal/datasets"
 	"github.com/emoflow/emoflow/internal/ingest"
 	"github.com/emoflow/emoflow/internal/randmodel"
-	"github.com/emoflow/emoflow/internal/service"
 	"github.com/emoflow/emoflow/internal/sink"
 	"github.com/emoflow/emoflow/internal/testenv"
 )
-
-func noEnv(string) (string, bool) { return "", false }
-
-// running is a component started in-process with service.Run.
-type running struct {
-	name string
-	rt   *service.Runtime
-	stop context.CancelFunc
-	done chan error
-	logs *bytes.Buffer
-	mu   *sync.Mutex
-}
-
-type lockedWriter struct {
-	mu  *sync.Mutex
-	buf *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
-
-func start(t *testing.T, name string, c service.Component, args ...string) *running {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{name: name, stop: cancel, done: make(chan error, 1), logs: &bytes.Buffer{}, mu: &sync.Mutex{}}
-	started := make(chan *service.Runtime, 1)
-	go func() {
-		r.done <- service.Run(ctx, name, c, "127.0.0.1:0", append([]string{"-http-addr=127.0.0.1:0", "-shutdown-timeout=60s"}, args...),
-			noEnv, lockedWriter{r.mu, r.logs}, func(rt *service.Runtime) { started <- rt })
-	}()
-	select {
-	case r.rt = <-started:
-	case err := <-r.done:
-		t.Fatalf("%s exited at start: %v\n%s", name, err, r.logs)
-	case <-time.After(60 * time.Second):
-		t.Fatalf("%s did not start", name)
-	}
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		if ok, _ := r.rt.Ready(); ok {
-			break
-		}
-		select {
-		case err := <-r.done:
-			t.Fatalf("%s exited before it was ready: %v\n%s", name, err, r.logs)
-		default:
-		}
-		if time.Now().After(deadline) {
-			_, why := r.rt.Ready()
-			t.Fatalf("%s not ready after 3 minutes: %s", name, why)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Cleanup(func() { r.shutdown(t) })
-	return r
-}
-
-func (r *running) shutdown(t *testing.T) {
-	if r.stop == nil {
-		return
-	}
-	r.stop()
-	r.stop = nil
-	select {
-	case err := <-r.done:
-		if err != nil {
-			t.Errorf("%s stopped with an error: %v", r.name, err)
-		}
-	case <-time.After(90 * time.Second):
-		t.Errorf("%s did not stop", r.name)
-	}
-	if t.Failed() {
-		r.mu.Lock()
-		t.Logf("%s log:\n%s", r.name, r.logs)
-		r.mu.Unlock()
-	}
-}
 
 // tinyModel writes a random ChatGLM3-architecture checkpoint with a real
 // SentencePiece tokenizer trained on some GoEmotions texts.
@@ -146,12 +64,12 @@ func TestPipelineEndToEnd(t *testing.T) {
 
 	name := testenv.Name(t, "e2e")
 	in, events, dlq := name+"_in", name+"_events", name+"_dlq"
-	cls := start(t, "classifier", &classifier.Component{}, "-model-dir="+dir, "-max-queue-delay=5ms")
-	classifierURL := "http://" + cls.rt.Addr
-	snk := start(t, "sink", &sink.Component{}, "-kafka-brokers="+brokers, "-events-topic="+events,
+	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-model-dir="+dir, "-max-queue-delay=5ms")
+	classifierURL := "http://" + cls.RT.Addr
+	snk := testenv.Start(t, "sink", &sink.Component{}, "-kafka-brokers="+brokers, "-events-topic="+events,
 		"-dead-letter-topic="+events+"_dlq", "-group-id="+name+"_sink", "-clickhouse-addr="+chAddr,
 		"-clickhouse-database="+name, "-flush-interval=200ms")
-	ing := start(t, "ingest", &ingest.Component{}, "-kafka-brokers="+brokers, "-input-topic="+in,
+	ing := testenv.Start(t, "ingest", &ingest.Component{}, "-kafka-brokers="+brokers, "-input-topic="+in,
 		"-events-topic="+events, "-dead-letter-topic="+dlq, "-group-id="+name+"_ingest",
 		"-redis-addr="+redisAddr, "-redis-key-prefix="+name+":", "-classifier-urls="+classifierURL, "-topic-partitions=4")
 
@@ -258,9 +176,11 @@ func TestPipelineEndToEnd(t *testing.T) {
 			t.Errorf("dead letters with reason %s: %d, want 3 (all: %v)", want, reasons[want], reasons)
 		}
 	}
-	ing.shutdown(t)
-	snk.shutdown(t)
-	cls.shutdown(t)
+	for _, r := range []*testenv.Running{ing, snk, cls} {
+		if err := r.Stop(); err != nil {
+			t.Errorf("%s stopped with an error: %v", r.Name, err)
+		}
+	}
 }
 
 func classify(t *testing.T, url string, texts []string) []classifyapi.Result {

@@ -306,3 +306,53 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestGenerateMatchesFullRecomputation checks the KV-cached greedy loop
+// against argmax over full forward passes of the growing sequence.
+func TestGenerateMatchesFullRecomputation(t *testing.T) {
+	for _, arch := range []string{"chatglm2", "chatglm-6b"} {
+		t.Run(arch, func(t *testing.T) {
+			m, _ := loadTiny(t, tinySpec(arch), tensor.Float32)
+			p := testPrompt(m)
+			prompt := append(append(append([]int64{}, p.Prefix...), 30, 31, 32), p.Suffix...)
+			got, err := m.Generate(prompt, 5, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seq := append([]int64{}, prompt...)
+			for step := 0; step < 5; step++ {
+				n := len(seq)
+				b := &Batch{Rows: 1, Len: n, Tokens: seq, Pos: make([]int64, n), Visible: make([]bool, n*n)}
+				ctx := len(prompt) - 1
+				if m.cfg.Arch == ArchGLM1 {
+					b.BlockPos = make([]int64, n)
+				}
+				for i := 0; i < n; i++ {
+					if m.cfg.Arch == ArchGLM1 && i >= ctx {
+						b.Pos[i], b.BlockPos[i] = int64(ctx-1), int64(i-ctx+1)
+					} else {
+						b.Pos[i] = int64(i)
+					}
+					for j := 0; j < n; j++ {
+						b.Visible[i*n+j] = j <= i || (m.cfg.Arch == ArchGLM1 && j < ctx)
+					}
+				}
+				logits, err := m.Logits(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				last := logits[(n-1)*m.cfg.Vocab : n*m.cfg.Vocab]
+				best := 0
+				for v := range last {
+					if last[v] > last[best] {
+						best = v
+					}
+				}
+				if int64(best) != got[step] {
+					t.Fatalf("step %d: cached generation chose %d, full recomputation %d", step, got[step], best)
+				}
+				seq = append(seq, int64(best))
+			}
+		})
+	}
+}

@@ -22,7 +22,7 @@ import (
 	"time"
 )
 
-func service(t testing.TB, env, what string) string {
+func serviceAddr(t testing.TB, env, what string) string {
 	t.Helper()
 	addr := os.Getenv(env)
 	if addr == "" {
@@ -42,15 +42,15 @@ func service(t testing.TB, env, what string) string {
 
 // Kafka returns the bootstrap address of the test Kafka broker.
 func Kafka(t testing.TB) string {
-	return service(t, "EMOFLOW_TEST_KAFKA_BROKERS", "Apache Kafka")
+	return serviceAddr(t, "EMOFLOW_TEST_KAFKA_BROKERS", "Apache Kafka")
 }
 
 // Redis returns the address of the test Redis server.
-func Redis(t testing.TB) string { return service(t, "EMOFLOW_TEST_REDIS_ADDR", "Redis") }
+func Redis(t testing.TB) string { return serviceAddr(t, "EMOFLOW_TEST_REDIS_ADDR", "Redis") }
 
 // ClickHouse returns the native-protocol address of the test ClickHouse server.
 func ClickHouse(t testing.TB) string {
-	return service(t, "EMOFLOW_TEST_CLICKHOUSE_ADDR", "ClickHouse")
+	return serviceAddr(t, "EMOFLOW_TEST_CLICKHOUSE_ADDR", "ClickHouse")
 }
 
 // Services runs scripts/services.sh with args (for example "restart",
