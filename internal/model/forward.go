@@ -44,6 +44,9 @@ type Batch struct {
 	// Visible[(r*Len+i)*(PastLen+Len)+j].
 	Visible []bool
 	Past    *KV
+	// LoRA, when not nil, holds each row's low-rank update (nil entries for
+	// rows without one): rows with different adapters share the pass.
+	LoRA []*LoRA
 }
 
 func (b *Batch) pastLen() int {
@@ -67,6 +70,8 @@ func (b *Batch) check(c Config) error {
 		return fmt.Errorf("forward: visibility mask has %d entries, want %d", len(b.Visible), n*(P+b.Len))
 	case b.Past != nil && (len(b.Past.K) != c.Layers || len(b.Past.V) != c.Layers):
 		return fmt.Errorf("forward: past has %d layers, model %d", len(b.Past.K), c.Layers)
+	case b.LoRA != nil && len(b.LoRA) != b.Rows:
+		return fmt.Errorf("forward: %d LoRA entries for %d rows", len(b.LoRA), b.Rows)
 	}
 	for _, t := range b.Tokens {
 		if t < 0 || t >= int64(c.Vocab) {
@@ -90,6 +95,7 @@ func (m *Model) forward(s *tensor.Scope, b *Batch, keepKV bool) (*tensor.Tensor,
 	x := s.Embedding(m.embed, ids)
 	mask := s.Reshape(s.FromBool(b.Visible, []int64{B, L, P + L}, dev), B, 1, L, P+L)
 	rot := m.rotaryTables(s, b)
+	groups := m.loraGroups(s, b.LoRA)
 
 	var kv *KV
 	if keepKV {
@@ -101,7 +107,7 @@ func (m *Model) forward(s *tensor.Scope, b *Batch, keepKV bool) (*tensor.Tensor,
 			pastK, pastV = b.Past.K[i], b.Past.V[i]
 		}
 		var k, v *tensor.Tensor
-		x, k, v = m.block(s, &m.layers[i], x, rot, pastK, pastV, mask, B, L)
+		x, k, v = m.block(s, i, x, rot, pastK, pastV, mask, groups, B, L)
 		if keepKV {
 			kv.K = append(kv.K, k)
 			kv.V = append(kv.V, v)
@@ -163,9 +169,10 @@ func (m *Model) norm(s *tensor.Scope, x, w, bias *tensor.Tensor) *tensor.Tensor 
 
 // block is one transformer layer. It returns the layer's output and the
 // keys (rotated) and values of the batch's own tokens.
-func (m *Model) block(s *tensor.Scope, l *layerWeights, x *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, B, L int64) (out, k, v *tensor.Tensor) {
+func (m *Model) block(s *tensor.Scope, layer int, x *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, groups []loraGroup, B, L int64) (out, k, v *tensor.Tensor) {
+	l := &m.layers[layer]
 	h := m.norm(s, x, l.inNormW, l.inNormB)
-	attn, k, v := m.attention(s, l, h, rot, pastK, pastV, mask, B, L)
+	attn, k, v := m.attention(s, layer, h, rot, pastK, pastV, mask, groups, B, L)
 	if m.cfg.Arch == ArchGLM1 {
 		// Post-layer-norm residuals scaled by alpha = sqrt(2·layers): the
 		// residual is the normalised input, not the input. THUDM's code
@@ -175,15 +182,16 @@ func (m *Model) block(s *tensor.Scope, l *layerWeights, x *tensor.Tensor, rot ro
 		alpha := math.Sqrt(2 * 28)
 		mid := s.Add(s.Scale(h, alpha), attn)
 		h2 := m.norm(s, mid, l.postNormW, l.postNormB)
-		return s.Add(s.Scale(h2, alpha), m.mlp(s, l, h2)), k, v
+		return s.Add(s.Scale(h2, alpha), m.mlp(s, layer, h2, groups)), k, v
 	}
 	mid := s.Add(x, attn)
 	h2 := m.norm(s, mid, l.postNormW, l.postNormB)
-	return s.Add(mid, m.mlp(s, l, h2)), k, v
+	return s.Add(mid, m.mlp(s, layer, h2, groups)), k, v
 }
 
-func (m *Model) mlp(s *tensor.Scope, l *layerWeights, h *tensor.Tensor) *tensor.Tensor {
-	u := s.Linear(h, l.upW, l.upB)
+func (m *Model) mlp(s *tensor.Scope, layer int, h *tensor.Tensor, groups []loraGroup) *tensor.Tensor {
+	l := &m.layers[layer]
+	u := m.project(s, h, l.upW, l.upB, layer, ModUp, groups)
 	var act *tensor.Tensor
 	if m.cfg.Arch == ArchGLM1 {
 		act = s.Gelu(u, "tanh")
@@ -191,13 +199,14 @@ func (m *Model) mlp(s *tensor.Scope, l *layerWeights, h *tensor.Tensor) *tensor.
 		F := int64(m.cfg.FFN)
 		act = s.Mul(s.Silu(s.Narrow(u, -1, 0, F)), s.Narrow(u, -1, F, F))
 	}
-	return s.Linear(act, l.downW, l.downB)
+	return m.project(s, act, l.downW, l.downB, layer, ModDown, groups)
 }
 
-func (m *Model) attention(s *tensor.Scope, l *layerWeights, h *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, B, L int64) (out, kNew, vNew *tensor.Tensor) {
+func (m *Model) attention(s *tensor.Scope, layer int, h *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, groups []loraGroup, B, L int64) (out, kNew, vNew *tensor.Tensor) {
 	c := m.cfg
+	l := &m.layers[layer]
 	H, G, hd := int64(c.Heads), int64(c.KVGroups), int64(c.HeadDim)
-	qkv := s.Linear(h, l.qkvW, l.qkvB)
+	qkv := m.project(s, h, l.qkvW, l.qkvB, layer, ModQKV, groups)
 	q := s.Transpose(s.Reshape(s.Narrow(qkv, -1, 0, H*hd), B, L, H, hd), 1, 2)
 	k := s.Transpose(s.Reshape(s.Narrow(qkv, -1, H*hd, G*hd), B, L, G, hd), 1, 2)
 	v := s.Transpose(s.Reshape(s.Narrow(qkv, -1, (H+G)*hd, G*hd), B, L, G, hd), 1, 2)
@@ -221,7 +230,7 @@ func (m *Model) attention(s *tensor.Scope, l *layerWeights, h *tensor.Tensor, ro
 	}
 	o := s.ScaledDotProductAttention(q, k, v, mask, false, 1/math.Sqrt(float64(hd)))
 	o = s.Reshape(s.Transpose(o, 1, 2), B, L, H*hd)
-	return s.Linear(o, l.denseW, l.denseB), kNew, vNew
+	return m.project(s, o, l.denseW, l.denseB, layer, ModDense, groups), kNew, vNew
 }
 
 // rotate applies the rotary embedding to x [B, heads, L, headDim].

@@ -47,9 +47,7 @@ type Scorer struct {
 	// prefixInPast is true when Prompt.Prefix is in past (causal models);
 	// otherwise the prefix is part of every row's tokens.
 	prefixInPast bool
-	// adapterPastLen is the length of the P-tuning part of past, which has
-	// no positions.
-	adapterPastLen int
+	lora         *LoRA
 }
 
 // Result is one text's scores.
@@ -71,6 +69,9 @@ type ScorerOptions struct {
 	// AdapterPast is an adapter's P-tuning v2 prefix (nil: the checkpoint's
 	// own prefix, if any). The scorer does not take ownership of it.
 	AdapterPast *KV
+	// LoRA is an adapter's unmerged low-rank update (nil for none). The
+	// scorer does not take ownership of it.
+	LoRA *LoRA
 	// RecomputePrefix turns shared-prefix reuse off, so that every row
 	// computes the prompt prefix itself (for checks and benchmarks).
 	RecomputePrefix bool
@@ -107,12 +108,12 @@ func NewScorer(m *Model, p Prompt, opts ScorerOptions) (*Scorer, error) {
 	if maxTextTokens <= 0 {
 		maxTextTokens = 512
 	}
-	sc := &Scorer{m: m, p: p, MaxTextTokens: maxTextTokens}
+	if opts.LoRA != nil && opts.LoRA.m != m {
+		return nil, fmt.Errorf("LoRA update built for another model")
+	}
+	sc := &Scorer{m: m, p: p, MaxTextTokens: maxTextTokens, lora: opts.LoRA}
 	if adapterPast == nil {
 		adapterPast = m.prefix
-	}
-	if adapterPast != nil {
-		sc.adapterPastLen = adapterPast.Len
 	}
 	// ChatGLM-6B's prefix-LM attention is bidirectional over the whole
 	// context, so the instruction's keys depend on the message text: it
@@ -144,6 +145,9 @@ func (sc *Scorer) prefixKV(adapterPast *KV) (*KV, error) {
 		P = adapterPast.Len
 	}
 	b := &Batch{Rows: 1, Len: n, Tokens: sc.p.Prefix, Pos: make([]int64, n), Visible: make([]bool, n*(P+n)), Past: adapterPast}
+	if sc.lora != nil {
+		b.LoRA = []*LoRA{sc.lora}
+	}
 	for i := 0; i < n; i++ {
 		b.Pos[i] = int64(i)
 		for j := 0; j < P+n; j++ {
@@ -182,29 +186,45 @@ func (sc *Scorer) RowTokens(n int) int {
 	return n + len(sc.p.Suffix)
 }
 
-// layout is one batch's token arrangement.
-type layout struct {
-	batch     *Batch
-	rowLen    []int        // prompt tokens of each row (without padding)
-	gather    []int64      // flat indices (row*L + column) whose logits are needed
-	targets   [][]int64    // per gathered position: the token ids to read
-	labelRefs [][][][2]int // per row, per label: (gathered index, target column) pairs
-	truncated []bool
+// Row is one text to score with its scorer. Rows of different scorers
+// (adapters: P-tuning prefixes, unmerged LoRA updates, prompts, label
+// sets) share one forward pass as long as their scorers share the model.
+type Row struct {
+	Scorer *Scorer
+	Text   []int64
 }
 
 // Score scores texts (token ids) in one batched forward pass. The result of
 // a text does not depend on the other texts of the batch.
 func (sc *Scorer) Score(texts [][]int64) ([]Result, error) {
-	if len(texts) == 0 {
+	rows := make([]Row, len(texts))
+	for i, t := range texts {
+		rows[i] = Row{Scorer: sc, Text: t}
+	}
+	return ScoreRows(rows)
+}
+
+// ScoreRows scores rows of possibly different scorers on the same model in
+// one forward pass.
+func ScoreRows(rows []Row) ([]Result, error) {
+	if len(rows) == 0 {
 		return nil, nil
 	}
-	lay, err := sc.layout(texts)
+	m := rows[0].Scorer.m
+	for _, r := range rows {
+		if r.Scorer.m != m {
+			return nil, fmt.Errorf("score: rows of different models in one batch")
+		}
+	}
+	lay, err := newLayout(rows)
 	if err != nil {
 		return nil, err
 	}
 	s := tensor.NewScope()
 	defer s.Close()
-	m := sc.m
+	if err := lay.attachPast(s, m); err != nil {
+		return nil, err
+	}
 	hidden, _, err := m.forward(s, lay.batch, false)
 	if err != nil {
 		return nil, err
@@ -231,9 +251,9 @@ func (sc *Scorer) Score(texts [][]int64) ([]Result, error) {
 	if err := s.Err(); err != nil {
 		return nil, fmt.Errorf("score: %w", err)
 	}
-	results := make([]Result, len(texts))
-	for r := range texts {
-		res := Result{LogProbs: make([]float64, len(sc.p.Labels)), Truncated: lay.truncated[r]}
+	results := make([]Result, len(rows))
+	for r := range rows {
+		res := Result{LogProbs: make([]float64, len(lay.labelRefs[r])), Truncated: lay.truncated[r]}
 		for k, refs := range lay.labelRefs[r] {
 			sum := 0.0
 			for _, ref := range refs {
@@ -267,26 +287,36 @@ func normalise(logp []float64) ([]float64, int) {
 	return probs, best
 }
 
-// layout arranges texts into one batch: each row holds its prompt tokens
-// (left-aligned, padded to the longest), then a block with every label's
-// tokens, which attend to their row's prompt and to their own earlier
-// tokens only. One forward pass thus scores all labels, multi-token ones
-// included.
-func (sc *Scorer) layout(texts [][]int64) (*layout, error) {
-	m, p := sc.m, sc.p
+// layout is one batch's token arrangement. Each row holds its prompt
+// tokens (left-aligned, padded to the longest), then a block with every
+// label of its scorer, whose tokens attend to their row's prompt and to
+// their own earlier tokens only. One forward pass thus scores all labels,
+// multi-token ones included.
+type layout struct {
+	batch     *Batch
+	rows      []Row
+	pastLen   int          // columns of past (the longest row's)
+	gather    []int64      // flat indices (row*L + column) whose logits are needed
+	targets   [][]int64    // per gathered position: the token ids to read
+	labelRefs [][][][2]int // per row, per label: (gathered index, target column) pairs
+	truncated []bool
+}
+
+func pastLenOf(sc *Scorer) int {
+	if sc.past == nil {
+		return 0
+	}
+	return sc.past.Len
+}
+
+func newLayout(rows []Row) (*layout, error) {
+	m := rows[0].Scorer.m
 	glm1 := m.cfg.Arch == ArchGLM1
-	P := 0
-	if sc.past != nil {
-		P = sc.past.Len
-	}
-	posBase := 0 // rotary position of a row's first own token
-	if sc.prefixInPast {
-		posBase = len(p.Prefix)
-	}
-	rows := make([][]int64, len(texts))
-	lay := &layout{truncated: make([]bool, len(texts)), rowLen: make([]int, len(texts))}
-	maxLen := 0
-	for r, t := range texts {
+	lay := &layout{rows: rows, truncated: make([]bool, len(rows))}
+	prompts := make([][]int64, len(rows))
+	maxLen, labelWidth := 0, 0
+	for r, row := range rows {
+		sc, t := row.Scorer, row.Text
 		if len(t) == 0 {
 			return nil, fmt.Errorf("text %d: %w", r, ErrEmptyText)
 		}
@@ -294,30 +324,44 @@ func (sc *Scorer) layout(texts [][]int64) (*layout, error) {
 			t = t[:sc.MaxTextTokens]
 			lay.truncated[r] = true
 		}
-		row := make([]int64, 0, len(p.Prefix)+len(t)+len(p.Suffix))
+		p := make([]int64, 0, len(sc.p.Prefix)+len(t)+len(sc.p.Suffix))
 		if !sc.prefixInPast {
-			row = append(row, p.Prefix...)
+			p = append(p, sc.p.Prefix...)
 		}
-		row = append(append(row, t...), p.Suffix...)
-		rows[r] = row
-		lay.rowLen[r] = len(row)
-		maxLen = max(maxLen, len(row))
+		prompts[r] = append(append(p, t...), sc.p.Suffix...)
+		maxLen = max(maxLen, len(prompts[r]))
+		labelWidth = max(labelWidth, sc.LabelTokens())
+		lay.pastLen = max(lay.pastLen, pastLenOf(sc))
 	}
-	labelOff := make([]int, len(p.Labels))
-	labelTotal := 0
-	for k, l := range p.Labels {
-		labelOff[k] = labelTotal
-		labelTotal += len(l)
-	}
-	B, L := len(texts), maxLen+labelTotal
+	B, L, P := len(rows), maxLen+labelWidth, lay.pastLen
 	T := P + L
-	b := &Batch{Rows: B, Len: L, Tokens: make([]int64, B*L), Pos: make([]int64, B*L), Visible: make([]bool, B*L*T), Past: sc.past}
+	b := &Batch{Rows: B, Len: L, Tokens: make([]int64, B*L), Pos: make([]int64, B*L), Visible: make([]bool, B*L*T)}
 	if glm1 {
 		b.BlockPos = make([]int64, B*L)
 	}
+	for _, row := range rows {
+		if row.Scorer.lora != nil {
+			b.LoRA = make([]*LoRA, B)
+			break
+		}
+	}
 	lay.labelRefs = make([][][][2]int, B)
 	for r, row := range rows {
-		n := len(row)
+		sc, prompt := row.Scorer, prompts[r]
+		if b.LoRA != nil {
+			b.LoRA[r] = sc.lora
+		}
+		n, rowPast := len(prompt), pastLenOf(sc)
+		posBase := 0 // rotary position of the row's first own token
+		if sc.prefixInPast {
+			posBase = len(sc.p.Prefix)
+		}
+		labelOff := make([]int, len(sc.p.Labels))
+		total := 0
+		for k, l := range sc.p.Labels {
+			labelOff[k] = total
+			total += len(l)
+		}
 		// ChatGLM-6B: context is everything before <sop> (the last prompt
 		// token); answer tokens keep the [gMASK] position and count block
 		// positions from 1 at <sop>.
@@ -325,13 +369,10 @@ func (sc *Scorer) layout(texts [][]int64) (*layout, error) {
 		for i := 0; i < L; i++ {
 			at := r*L + i
 			vis := b.Visible[at*T : (at+1)*T]
-			for j := 0; j < sc.adapterPastLen; j++ {
-				vis[j] = true // P-tuning prefix: visible to every real token
-			}
 			switch {
-			case i < n: // prompt token
-				b.Tokens[at] = row[i]
-				for j := sc.adapterPastLen; j < P; j++ {
+			case i < n: // prompt token: its row's past, causal
+				b.Tokens[at] = prompt[i]
+				for j := 0; j < rowPast; j++ {
 					vis[j] = true
 				}
 				for j := 0; j <= i; j++ {
@@ -348,17 +389,10 @@ func (sc *Scorer) layout(texts [][]int64) (*layout, error) {
 				default: // <sop>
 					b.Pos[at], b.BlockPos[at] = int64(gmask), 1
 				}
-			case i < maxLen: // padding: sees only itself, never seen
-				vis[P+i] = true
-				for j := 0; j < sc.adapterPastLen; j++ {
-					vis[j] = false
-				}
-				b.Tokens[at] = row[n-1]
-			default: // label block
-				li := i - maxLen
-				k, j := labelAt(labelOff, li)
-				b.Tokens[at] = p.Labels[k][j]
-				for c := sc.adapterPastLen; c < P; c++ {
+			case i >= maxLen && i-maxLen < total: // label token
+				k, j := labelAt(labelOff, i-maxLen)
+				b.Tokens[at] = sc.p.Labels[k][j]
+				for c := 0; c < rowPast; c++ {
 					vis[c] = true
 				}
 				for c := 0; c < n; c++ {
@@ -372,27 +406,30 @@ func (sc *Scorer) layout(texts [][]int64) (*layout, error) {
 				} else {
 					b.Pos[at] = int64(posBase + n + j)
 				}
+			default: // padding: sees only itself, is never seen
+				vis[P+i] = true
+				b.Tokens[at] = prompt[n-1]
 			}
 		}
 		// Gather: the last prompt position predicts every label's first
 		// token; each label token predicts the next, or Stop.
 		first := len(lay.gather)
 		lay.gather = append(lay.gather, int64(r*L+n-1))
-		var firsts []int64
-		for _, l := range p.Labels {
-			firsts = append(firsts, l[0])
+		firsts := make([]int64, len(sc.p.Labels))
+		for k, l := range sc.p.Labels {
+			firsts[k] = l[0]
 		}
 		lay.targets = append(lay.targets, firsts)
-		perLabel := make([][][2]int, len(p.Labels))
-		for k, l := range p.Labels {
+		perLabel := make([][][2]int, len(sc.p.Labels))
+		for k, l := range sc.p.Labels {
 			perLabel[k] = append(perLabel[k], [2]int{first, k})
 			for j := range l {
 				var next int64
 				switch {
 				case j+1 < len(l):
 					next = l[j+1]
-				case p.Stop >= 0:
-					next = p.Stop
+				case sc.p.Stop >= 0:
+					next = sc.p.Stop
 				default:
 					continue
 				}
@@ -405,6 +442,53 @@ func (sc *Scorer) layout(texts [][]int64) (*layout, error) {
 	}
 	lay.batch = b
 	return lay, nil
+}
+
+// attachPast gives the batch its past: the shared scorer's own when every
+// row has the same one (broadcast, no copy), otherwise every row's past
+// padded to the longest and stacked.
+func (lay *layout) attachPast(s *tensor.Scope, m *Model) error {
+	if lay.pastLen == 0 {
+		return nil
+	}
+	first := lay.rows[0].Scorer.past
+	same := true
+	for _, r := range lay.rows {
+		if r.Scorer.past != first {
+			same = false
+			break
+		}
+	}
+	if same {
+		lay.batch.Past = first
+		return nil
+	}
+	c := m.cfg
+	G, hd, P := int64(c.KVGroups), int64(c.HeadDim), int64(lay.pastLen)
+	zeros := s.Zeros([]int64{1, G, P, hd}, m.opts.DType, m.opts.Device)
+	kv := &KV{Len: lay.pastLen}
+	for l := 0; l < c.Layers; l++ {
+		ks := make([]*tensor.Tensor, len(lay.rows))
+		vs := make([]*tensor.Tensor, len(lay.rows))
+		for r, row := range lay.rows {
+			past := row.Scorer.past
+			n := int64(pastLenOf(row.Scorer))
+			switch {
+			case n == 0:
+				ks[r], vs[r] = zeros, zeros
+			case n == P:
+				ks[r], vs[r] = past.K[l], past.V[l]
+			default:
+				pad := s.Narrow(zeros, 2, 0, P-n)
+				ks[r] = s.Cat([]*tensor.Tensor{past.K[l], pad}, 2)
+				vs[r] = s.Cat([]*tensor.Tensor{past.V[l], pad}, 2)
+			}
+		}
+		kv.K = append(kv.K, s.Cat(ks, 0))
+		kv.V = append(kv.V, s.Cat(vs, 0))
+	}
+	lay.batch.Past = kv
+	return s.Err()
 }
 
 func labelAt(offsets []int, i int) (label, token int) {

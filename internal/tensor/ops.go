@@ -569,3 +569,19 @@ func (s *Scope) Tanh(t *Tensor) *Tensor {
 	}
 	return s.run1("tanh", func(out *lib.Ctensor) { lib.AtgTanh(out, t.c) })
 }
+
+// IndexAdd adds src's slices into t at the positions idx of dimension d.
+func (s *Scope) IndexAdd(t *Tensor, d int64, idx, src *Tensor) *Tensor {
+	if !s.ready("index_add", t, idx, src) {
+		return nil
+	}
+	return s.run1("index_add", func(out *lib.Ctensor) { lib.AtgIndexAdd(out, t.c, d, idx.c, src.c) })
+}
+
+// Clone copies t into a tensor of its own (as opposed to a view).
+func (s *Scope) Clone(t *Tensor) *Tensor {
+	if !s.ready("clone", t) {
+		return nil
+	}
+	return s.Contiguous(s.AddScalar(t, 0))
+}
