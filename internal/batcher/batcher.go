@@ -93,6 +93,12 @@ type Request[P any] struct {
 	// not started by then is dropped.
 	Deadline time.Time
 	Payload  P
+	// Release, if not nil, is called exactly once when the batcher no
+	// longer needs the payload: after its batch ran, or when it was
+	// dropped or rejected. A caller that stops waiting early may still see
+	// its payload computed, so resources the payload holds (an adapter)
+	// must be let go here, not when Submit returns.
+	Release func()
 }
 
 // Batch is what a RunFunc computes.
@@ -221,9 +227,11 @@ func (b *Batcher[P, R]) Submit(ctx context.Context, req Request[P]) (R, error) {
 	switch {
 	case b.closing:
 		b.mu.Unlock()
+		release(req)
 		return zero, ErrClosed
 	case len(b.queues[req.Priority]) >= b.cfg.QueueSize[req.Priority]:
 		b.mu.Unlock()
+		release(req)
 		b.observeDrop(req.Priority, ErrOverloaded)
 		return zero, ErrOverloaded
 	}
@@ -309,11 +317,18 @@ func (b *Batcher[P, R]) compute(ctx context.Context, items []*item[P, R]) {
 		b.obs.BatchDone(len(items), batch.RealTokens, batch.PaddedTokens, b.now().Sub(start), err)
 	}
 	for i, it := range items {
+		release(it.req)
 		if err != nil {
 			it.done <- outcome[R]{err: err}
 		} else {
 			it.done <- outcome[R]{res: results[i]}
 		}
+	}
+}
+
+func release[P any](req Request[P]) {
+	if req.Release != nil {
+		req.Release()
 	}
 }
 
@@ -381,6 +396,7 @@ func (b *Batcher[P, R]) dropDead() {
 		q := b.queues[p][:0]
 		for _, it := range b.queues[p] {
 			if it.abandoned || (!it.req.Deadline.IsZero() && !now.Before(it.req.Deadline)) {
+				release(it.req)
 				it.done <- outcome[R]{err: ErrDeadline}
 				b.observeDrop(Priority(p), ErrDeadline)
 				continue

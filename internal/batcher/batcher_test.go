@@ -309,3 +309,46 @@ func TestPanicFailsTheBatchNotTheWorker(t *testing.T) {
 		t.Fatalf("after a panic: %q %v", res, err)
 	}
 }
+
+// TestReleaseIsCalledOnceWhateverHappens covers the paths a request can
+// take: computed, rejected on a full queue, dropped at its deadline.
+func TestReleaseIsCalledOnceWhateverHappens(t *testing.T) {
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers, cfg.QueueSize = 1, [2]int{1, 1}
+	b := newTest(t, cfg, e)
+	var mu sync.Mutex
+	released := map[int]int{}
+	req := func(p int, deadline time.Time) Request[int] {
+		return Request[int]{Group: "g", Cost: 1, Payload: p, Deadline: deadline, Release: func() {
+			mu.Lock()
+			released[p]++
+			mu.Unlock()
+		}}
+	}
+	done := make(chan struct{})
+	go func() { b.Submit(context.Background(), req(1, time.Time{})); close(done) }()
+	<-e.entered // 1 is computing
+	expired := make(chan error, 1)
+	go func() { _, err := b.Submit(context.Background(), req(2, time.Now().Add(30*time.Millisecond))); expired <- err }()
+	waitDepth(t, b, Live, 1)
+	if _, err := b.Submit(context.Background(), req(3, time.Time{})); !errors.Is(err, ErrOverloaded) {
+		t.Fatalf("3: %v", err)
+	}
+	<-expired
+	e.gate <- struct{}{}
+	<-done
+	// 2 is released when a worker drops it from the queue.
+	next := make(chan struct{})
+	go func() { b.Submit(context.Background(), req(4, time.Time{})); close(next) }()
+	<-e.entered
+	e.gate <- struct{}{}
+	<-next
+	mu.Lock()
+	defer mu.Unlock()
+	for p := 1; p <= 4; p++ {
+		if released[p] != 1 {
+			t.Errorf("request %d released %d times", p, released[p])
+		}
+	}
+}

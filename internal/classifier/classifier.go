@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/emoflow/emoflow/internal/adapters"
 	"github.com/emoflow/emoflow/internal/batcher"
 	"github.com/emoflow/emoflow/internal/classifyapi"
 	"github.com/emoflow/emoflow/internal/model"
@@ -49,6 +51,11 @@ type Component struct {
 	QueueReplay    int
 	DefaultDL      time.Duration
 	MaxDL          time.Duration
+	AdaptersDir    string
+	AdaptersPoll   time.Duration
+	DefaultAdapter string
+	Unmerged       bool
+	AdminToken     string
 }
 
 // RegisterFlags declares the classifier's configuration.
@@ -70,6 +77,11 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.QueueReplay, "queue-replay", 8192, "most queued replay texts; more are rejected with 429")
 	fs.DurationVar(&c.DefaultDL, "default-deadline", 30*time.Second, "deadline of a request that sets none")
 	fs.DurationVar(&c.MaxDL, "max-deadline", 10*time.Minute, "longest deadline a request may ask for")
+	fs.StringVar(&c.AdaptersDir, "adapters-dir", "", "folder of adapter folders (each with emoflow-adapter.json) loaded at start and watched; empty: none")
+	fs.DurationVar(&c.AdaptersPoll, "adapters-poll", 10*time.Second, "how often -adapters-dir is checked for new, changed and removed adapters")
+	fs.StringVar(&c.DefaultAdapter, "default-adapter", "", "adapter (id or id@version) of requests that name none; empty: the base model with -prompt")
+	fs.BoolVar(&c.Unmerged, "unmerged", false, "serve LoRA adapters unmerged even when their manifest asks to merge (a worker that mixes many adapters)")
+	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token of the /v1/admin endpoints; empty: they answer loopback clients only")
 }
 
 func (c *Component) validate() error {
@@ -130,14 +142,28 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	if err != nil {
 		return fmt.Errorf("load tokenizer: %w", err)
 	}
-	eng, err := newEngine(m, tok, tmpl, c.MaxTextTokens)
+	aopts := adapters.Options{MaxTextTokens: c.MaxTextTokens, ForceUnmerged: c.Unmerged}
+	bare, err := adapters.Bare(m, tok, tmpl, aopts)
 	if err != nil {
-		return err
+		return &service.ConfigError{Err: err}
 	}
-	defer eng.close()
+	reg := adapters.NewRegistry(m, tok, bare, aopts, rt.Logger)
+	defer reg.Close()
+	eng := &engine{model: m, tok: tok, reg: reg}
 	rt.Logger.Info("model loaded", "model", m.ID(), "arch", m.Config().Arch, "layers", m.Config().Layers,
 		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", dt, "device", dev, "threads", tensor.Threads(),
 		"tokenizer", tok.Family(), "template", tmpl.Name, "labels", tmpl.Labels, "took", time.Since(start).Round(time.Millisecond))
+	if c.AdaptersDir != "" {
+		reg.Sync(c.AdaptersDir)
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go reg.Watch(watchCtx, c.AdaptersDir, c.AdaptersPoll)
+	}
+	if c.DefaultAdapter != "" {
+		if err := reg.SetDefault(c.DefaultAdapter); err != nil {
+			return &service.ConfigError{Err: fmt.Errorf("-default-adapter: %w", err)}
+		}
+	}
 
 	rt.SetNotReady("warming up")
 	if err := eng.warmUp(); err != nil {
@@ -147,7 +173,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	met := newMetrics(rt.Metrics)
 	b, err := batcher.New(batcher.Config{
 		MaxRows: c.MaxBatchRows, MaxTokens: c.MaxBatchTokens,
-		RowOverhead: labelBlockTokens(eng.base), MaxDelay: c.MaxQueueDelay,
+		RowOverhead: labelBlockTokens(reg), MaxDelay: c.MaxQueueDelay,
 		QueueSize: [2]int{c.QueueLive, c.QueueReplay}, Workers: c.Workers,
 	}, eng.run, met)
 	if err != nil {
@@ -160,6 +186,9 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	srv := &server{cfg: c, eng: eng, batcher: b, met: met}
 	rt.Mux.HandleFunc("POST /v1/classify", srv.classify)
 	rt.Mux.HandleFunc("GET /v1/adapters", srv.adapters)
+	rt.Mux.HandleFunc("POST /v1/admin/adapters", srv.admin(srv.loadAdapter))
+	rt.Mux.HandleFunc("DELETE /v1/admin/adapters/{ref}", srv.admin(srv.unloadAdapter))
+	rt.Mux.HandleFunc("PUT /v1/admin/default", srv.admin(srv.setDefault))
 	rt.SetReady()
 	rt.Logger.Info("ready", "addr", rt.Addr)
 
@@ -173,9 +202,15 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	return nil
 }
 
-// labelBlockTokens is the number of label tokens every row carries.
-func labelBlockTokens(h *head) int {
-	return h.scorer.LabelTokens()
+// labelBlockTokens is the number of label tokens a row of the default
+// adapter carries (the batcher's per-row overhead).
+func labelBlockTokens(reg *adapters.Registry) int {
+	h, err := reg.Acquire("")
+	if err != nil {
+		return 0
+	}
+	defer h.Release()
+	return h.Scorer.LabelTokens()
 }
 
 type server struct {
@@ -200,11 +235,7 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 func (s *server) adapters(w http.ResponseWriter, _ *http.Request) {
-	resp := classifyapi.AdaptersResponse{Model: s.eng.model.ID(), Default: s.eng.base.key()}
-	for _, h := range s.eng.heads {
-		resp.Adapters = append(resp.Adapters, h.info)
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, classifyapi.AdaptersResponse{Model: s.eng.model.ID(), Default: s.eng.reg.Default(), Adapters: s.eng.reg.List()})
 }
 
 func (s *server) classify(w http.ResponseWriter, r *http.Request) {
@@ -277,17 +308,19 @@ func (s *server) classify(w http.ResponseWriter, r *http.Request) {
 	case req.DeadlineMs > 0:
 		deadline = time.Duration(req.DeadlineMs) * time.Millisecond
 	}
-	h, err := s.eng.resolve(req.Adapter)
+	h, err := s.eng.reg.Acquire(req.Adapter)
 	if err != nil {
-		outcome = "unknown_adapter"
-		if errors.Is(err, errUnknownAdapter) {
+		if errors.Is(err, adapters.ErrUnknown) {
+			outcome = "unknown_adapter"
 			writeError(w, http.StatusNotFound, classifyapi.CodeUnknownAdapter, fmt.Sprintf("no adapter %q (GET /v1/adapters lists them)", req.Adapter))
 		} else {
 			writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, err.Error())
 		}
 		return
 	}
-	adapter = h.key()
+	defer h.Release()
+	info := adapters.Info(h.Adapter, false)
+	adapter = info.Ref()
 
 	ctx, cancel := context.WithDeadline(r.Context(), received.Add(deadline))
 	defer cancel()
@@ -302,11 +335,12 @@ func (s *server) classify(w http.ResponseWriter, r *http.Request) {
 			tokens = s.eng.encode(" ")
 		}
 		wg.Add(1)
+		hold := h.Share()
 		go func() {
 			defer wg.Done()
 			results[i], errs[i] = s.batcher.Submit(ctx, batcher.Request[job]{
-				Group: h.key(), Cost: h.scorer.RowTokens(len(tokens)), Priority: prio,
-				Payload: job{head: h, tokens: tokens},
+				Group: groupOf(h.Adapter), Cost: h.Scorer.RowTokens(len(tokens)), Priority: prio,
+				Payload: job{adapter: hold, tokens: tokens}, Release: hold.Release,
 			})
 			if errs[i] != nil {
 				cancel() // the request fails as a whole: free the rest of its rows
@@ -333,15 +367,15 @@ func (s *server) classify(w http.ResponseWriter, r *http.Request) {
 	}
 	outcome = "ok"
 	resp := classifyapi.ClassifyResponse{
-		Model: s.eng.model.ID(), Adapter: h.key(), LabelSet: h.info.LabelSet, Labels: h.info.Labels,
+		Model: h.Model.ID(), Adapter: info.Ref(), LabelSet: info.LabelSet, Labels: info.Labels,
 		Results: make([]classifyapi.Result, len(results)),
 	}
 	for i, res := range results {
 		probs := make(map[string]float64, len(res.Probs))
 		for k, p := range res.Probs {
-			probs[h.info.Labels[k]] = p
+			probs[info.Labels[k]] = p
 		}
-		resp.Results[i] = classifyapi.Result{Label: h.info.Labels[res.Best], Probabilities: probs, Truncated: res.Truncated}
+		resp.Results[i] = classifyapi.Result{Label: info.Labels[res.Best], Probabilities: probs, Truncated: res.Truncated}
 	}
 	w.Header().Set("X-Request-Duration-Ms", strconv.FormatInt(time.Since(received).Milliseconds(), 10))
 	writeJSON(w, http.StatusOK, resp)
@@ -369,4 +403,85 @@ func firstError(errs []error) error {
 		}
 	}
 	return worst
+}
+
+// admin guards an admin endpoint: the bearer token when one is configured,
+// otherwise loopback clients only.
+func (s *server) admin(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.AdminToken != "" {
+			if r.Header.Get("Authorization") != "Bearer "+s.cfg.AdminToken {
+				writeError(w, http.StatusUnauthorized, classifyapi.CodeBadRequest, "admin endpoints need Authorization: Bearer <-admin-token>")
+				return
+			}
+		} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err != nil || !net.ParseIP(host).IsLoopback() {
+			writeError(w, http.StatusForbidden, classifyapi.CodeBadRequest, "admin endpoints answer loopback clients only unless -admin-token is set")
+			return
+		}
+		next(w, r)
+	}
+}
+
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "malformed JSON: "+err.Error())
+		return false
+	}
+	return true
+}
+
+// loadAdapter answers POST /v1/admin/adapters {"path": "/adapters/x/3"}.
+func (s *server) loadAdapter(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Path string `json:"path"`
+	}
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if req.Path == "" {
+		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "path is required")
+		return
+	}
+	a, err := s.eng.reg.LoadDir(req.Path)
+	switch {
+	case errors.Is(err, adapters.ErrExists):
+		writeError(w, http.StatusConflict, classifyapi.CodeBadRequest, err.Error())
+	case err != nil:
+		writeError(w, http.StatusUnprocessableEntity, classifyapi.CodeBadRequest, err.Error())
+	default:
+		writeJSON(w, http.StatusCreated, adapters.Info(a, false))
+	}
+}
+
+// unloadAdapter answers DELETE /v1/admin/adapters/{id@version}.
+func (s *server) unloadAdapter(w http.ResponseWriter, r *http.Request) {
+	err := s.eng.reg.Unload(r.PathValue("ref"))
+	switch {
+	case errors.Is(err, adapters.ErrUnknown):
+		writeError(w, http.StatusNotFound, classifyapi.CodeUnknownAdapter, err.Error())
+	case err != nil:
+		writeError(w, http.StatusConflict, classifyapi.CodeBadRequest, err.Error())
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// setDefault answers PUT /v1/admin/default {"adapter": "id@version"}.
+func (s *server) setDefault(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Adapter string `json:"adapter"`
+	}
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if err := s.eng.reg.SetDefault(req.Adapter); err != nil {
+		status := http.StatusBadRequest
+		if errors.Is(err, adapters.ErrUnknown) {
+			status = http.StatusNotFound
+		}
+		writeError(w, status, classifyapi.CodeUnknownAdapter, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"default": s.eng.reg.Default()})
 }

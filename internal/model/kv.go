@@ -125,6 +125,11 @@ func (m *Model) splitPrefix(s *tensor.Scope, all *tensor.Tensor, preSeqLen int) 
 // checkpoint's prefix encoder: an embedding of pre_seq_len rows, optionally
 // followed by a two-layer MLP with tanh (prefix_projection).
 func loadPrefixEncoder(w *weightLoader, c Config) (*KV, error) {
+	return loadPrefixEncoderInto(w, c, &Model{cfg: c, opts: Options{DType: w.dtype, Device: w.dev}})
+}
+
+// loadPrefixEncoderInto is loadPrefixEncoder for model m's dtype and device.
+func loadPrefixEncoderInto(w *weightLoader, c Config, m *Model) (*KV, error) {
 	s := w.s
 	kvSize := int64(2 * c.Layers * c.KVGroups * c.HeadDim)
 	P := int64(c.PreSeqLen)
@@ -164,7 +169,9 @@ func loadPrefixEncoder(w *weightLoader, c Config) (*KV, error) {
 		past = emb
 	}
 	// [P, layers*2*groups*hd] → [layers*2, groups, P, hd]
+	if !s.AllFinite(past) {
+		return nil, fmt.Errorf("prefix encoder: NaN or Inf in the weights")
+	}
 	past = s.Permute(s.Reshape(past, P, int64(2*c.Layers), int64(c.KVGroups), int64(c.HeadDim)), 1, 2, 0, 3)
-	m := &Model{cfg: c, opts: Options{DType: w.dtype, Device: w.dev}}
 	return m.splitPrefix(s, past, c.PreSeqLen)
 }
