@@ -43,8 +43,8 @@ type Registry struct {
 	opts Options
 	log  *slog.Logger
 
-	mu       sync.Mutex
-	entries  map[string]*entry // by id@version
+	mu      sync.Mutex
+	entries map[string]*entry // by id@version
 	def     string            // default id@version
 	bareRef string
 }

@@ -330,7 +330,10 @@ func TestReleaseIsCalledOnceWhateverHappens(t *testing.T) {
 	go func() { b.Submit(context.Background(), req(1, time.Time{})); close(done) }()
 	<-e.entered // 1 is computing
 	expired := make(chan error, 1)
-	go func() { _, err := b.Submit(context.Background(), req(2, time.Now().Add(30*time.Millisecond))); expired <- err }()
+	go func() {
+		_, err := b.Submit(context.Background(), req(2, time.Now().Add(30*time.Millisecond)))
+		expired <- err
+	}()
 	waitDepth(t, b, Live, 1)
 	if _, err := b.Submit(context.Background(), req(3, time.Time{})); !errors.Is(err, ErrOverloaded) {
 		t.Fatalf("3: %v", err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,6 +55,13 @@ type Config struct {
 	// StopAtEnd makes ingest stop once the group has consumed and committed
 	// the input topic up to the end offsets it had at start-up (replays).
 	StopAtEnd bool
+	// StopAtOffsets are explicit end offsets per input partition (replays
+	// of a range): ingest consumes only the listed partitions, up to these
+	// offsets, and stops once the group has committed them. Nil unless set.
+	StopAtOffsets map[int]int64
+	// Adapter, when set, replaces the adapter hint of every message ("id"
+	// or "id@version"), so that a replay runs one adapter over past traffic.
+	Adapter string
 
 	EventsIncludeText  bool
 	PublishLinger      time.Duration
@@ -68,7 +76,7 @@ type Config struct {
 
 // flagValues holds the flags that are parsed into Config by validate.
 type flagValues struct {
-	brokers, classifierURLs string
+	brokers, classifierURLs, stopAtOffsets string
 }
 
 func (c *Config) registerFlags(fs *flag.FlagSet, raw *flagValues) {
@@ -104,6 +112,8 @@ func (c *Config) registerFlags(fs *flag.FlagSet, raw *flagValues) {
 	fs.StringVar(&c.RunID, "run-id", contract.LiveRun, "run id written into the events: live, or a replay's id")
 	fs.StringVar(&c.Priority, "priority", classifyapi.PriorityLive, "classifier priority class: live or replay")
 	fs.BoolVar(&c.StopAtEnd, "stop-at-end", false, "exit once the input topic is consumed and committed up to its end offsets at start-up (replays)")
+	fs.StringVar(&raw.stopAtOffsets, "stop-at-offsets", "", "exit once the group has committed these end offsets, partition:offset comma-separated, e.g. 0:1234,1:998 (replays of a range); unlisted partitions are not consumed")
+	fs.StringVar(&c.Adapter, "adapter", "", "adapter for every message, id or id@version, replacing the messages' own hints (replays); empty: each message's hint")
 
 	fs.BoolVar(&c.EventsIncludeText, "events-include-text", false, "include the normalised text in the emotion events")
 	fs.DurationVar(&c.PublishLinger, "publish-linger", 5*time.Millisecond, "how long the Kafka producer waits to fill a batch")
@@ -117,6 +127,13 @@ func (c *Config) validate(raw flagValues) error {
 	c.Brokers = splitList(raw.brokers)
 	c.ClassifierURLs = splitList(raw.classifierURLs)
 	var errs []error
+	if raw.stopAtOffsets != "" {
+		ends, err := ParsePartitionOffsets(raw.stopAtOffsets)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("-stop-at-offsets: %w", err))
+		}
+		c.StopAtOffsets = ends
+	}
 	check := func(ok bool, format string, args ...any) {
 		if !ok {
 			errs = append(errs, fmt.Errorf(format, args...))
@@ -142,7 +159,38 @@ func (c *Config) validate(raw flagValues) error {
 	check(c.Priority == classifyapi.PriorityLive || c.Priority == classifyapi.PriorityReplay, "-priority %q: want live or replay", c.Priority)
 	check(c.RunID != "", "-run-id is required")
 	check(c.Priority != classifyapi.PriorityReplay || c.RunID != contract.LiveRun, "-priority replay needs a -run-id other than %q", contract.LiveRun)
+	check(!c.StopAtEnd || c.StopAtOffsets == nil, "-stop-at-end and -stop-at-offsets exclude each other")
+	if c.Adapter != "" {
+		if _, _, err := classifyapi.ParseAdapterRef(c.Adapter); err != nil {
+			errs = append(errs, fmt.Errorf("-adapter: %w", err))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// ParsePartitionOffsets parses "partition:offset" pairs separated by commas
+// ("0:1234,1:998"), the form of -stop-at-offsets.
+func ParsePartitionOffsets(s string) (map[int]int64, error) {
+	out := map[int]int64{}
+	for _, pair := range splitList(s) {
+		p, o, ok := strings.Cut(pair, ":")
+		partition, perr := strconv.Atoi(strings.TrimSpace(p))
+		offset, oerr := strconv.ParseInt(strings.TrimSpace(o), 10, 64)
+		switch {
+		case !ok || perr != nil || oerr != nil:
+			return nil, fmt.Errorf("%q: want partition:offset", pair)
+		case partition < 0 || offset < 0:
+			return nil, fmt.Errorf("%q: partition and offset must not be negative", pair)
+		}
+		if _, dup := out[partition]; dup {
+			return nil, fmt.Errorf("partition %d listed twice", partition)
+		}
+		out[partition] = offset
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no partition:offset pairs")
+	}
+	return out, nil
 }
 
 func splitList(s string) []string {

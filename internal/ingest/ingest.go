@@ -77,14 +77,21 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		}
 	}
 	var ends map[int]partitionEnds
-	if cfg.StopAtEnd {
+	if cfg.StopAtEnd || cfg.StopAtOffsets != nil {
 		if err := retryUntil(ctx, log, "read end offsets", func() (err error) {
 			ends, err = endOffsets(ctx, admin, cfg.InputTopic)
 			return err
 		}); err != nil {
 			return nil
 		}
-		log.Info("will stop at the input topic's current end offsets", "partitions", len(ends))
+		if cfg.StopAtOffsets != nil {
+			if ends, err = explicitEnds(ends, cfg.StopAtOffsets); err != nil {
+				return &service.ConfigError{Err: fmt.Errorf("-stop-at-offsets: %w", err)}
+			}
+			log.Info("will stop at the given end offsets", "offsets", cfg.StopAtOffsets)
+		} else {
+			log.Info("will stop at the input topic's current end offsets", "partitions", len(ends))
+		}
 	}
 
 	var cache *resultCache
@@ -187,4 +194,37 @@ func endOffsets(ctx context.Context, admin *kafka.Client, topic string) (map[int
 		return nil, fmt.Errorf("offsets of %s: %d partitions answered of %d", topic, len(ends), len(meta.Topics[0].Partitions))
 	}
 	return ends, nil
+}
+
+// explicitEnds turns the end offsets asked for with -stop-at-offsets into
+// the ranges consumed, given the topic's current offsets: a listed
+// partition is consumed up to its offset (nothing of it when retention
+// has already deleted that far), an unlisted one not at all. An offset
+// past a partition's end, or a partition the topic lacks, is an error:
+// waiting for messages that may never come would never stop.
+func explicitEnds(current map[int]partitionEnds, want map[int]int64) (map[int]partitionEnds, error) {
+	var errs []error
+	for p, end := range want {
+		cur, ok := current[p]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("partition %d: the topic has %d partitions", p, len(current)))
+		case end > cur.end:
+			errs = append(errs, fmt.Errorf("partition %d: end offset %d is past the partition's end offset %d", p, end, cur.end))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	out := make(map[int]partitionEnds, len(current))
+	for p, cur := range current {
+		// A range whose end is not after its first offset is empty: the
+		// partition is neither fetched nor waited for.
+		end, ok := want[p]
+		if !ok {
+			end = cur.first
+		}
+		out[p] = partitionEnds{first: cur.first, end: end}
+	}
+	return out, nil
 }

@@ -61,21 +61,7 @@ type processor struct {
 // so that nothing unfinished is committed.
 func (p *processor) process(ctx context.Context, ws []*work) {
 	p.m.batchSize.Observe(float64(len(ws)))
-	var valid []*work
-	for _, w := range ws {
-		chat, err := contract.DecodeChatMessage(w.msg.Value, p.cfg.Limits)
-		if err != nil {
-			var inv *contract.InvalidError
-			if !errors.As(err, &inv) {
-				inv = &contract.InvalidError{Reason: contract.ReasonMalformedJSON, Detail: err.Error()}
-			}
-			w.reject = inv
-			continue
-		}
-		w.chat = chat
-		valid = append(valid, w)
-	}
-	valid, err := p.resolveTargets(ctx, valid)
+	valid, err := p.resolveTargets(ctx, p.decode(ws))
 	if err != nil {
 		return
 	}
@@ -104,6 +90,29 @@ func (p *processor) process(ctx context.Context, ws []*work) {
 			p.m.endToEnd.Observe(max(now.Sub(w.chat.SentAt).Seconds(), 0))
 		}
 	}
+}
+
+// decode parses and validates every message of the batch, rejecting the
+// invalid ones, applies -adapter, and returns the valid ones.
+func (p *processor) decode(ws []*work) []*work {
+	var valid []*work
+	for _, w := range ws {
+		chat, err := contract.DecodeChatMessage(w.msg.Value, p.cfg.Limits)
+		if err != nil {
+			var inv *contract.InvalidError
+			if !errors.As(err, &inv) {
+				inv = &contract.InvalidError{Reason: contract.ReasonMalformedJSON, Detail: err.Error()}
+			}
+			w.reject = inv
+			continue
+		}
+		if p.cfg.Adapter != "" {
+			chat.Adapter = p.cfg.Adapter
+		}
+		w.chat = chat
+		valid = append(valid, w)
+	}
+	return valid
 }
 
 // resolveTargets sets every message's target from its adapter hint; those

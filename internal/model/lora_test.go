@@ -246,7 +246,12 @@ func TestMixedAdapterBatchEqualsEachAlone(t *testing.T) {
 func TestLoRARejectsBadUpdates(t *testing.T) {
 	m, _ := loadTiny(t, tinySpec("chatglm2"), tensor.Float32)
 	good := randomParts(t, m, 1, 4, "dense")[0]
-	bad := func(mut func(p *LoRAPart)) LoRAPart { p := good; p.A = append([]float32{}, good.A...); mut(&p); return p }
+	bad := func(mut func(p *LoRAPart)) LoRAPart {
+		p := good
+		p.A = append([]float32{}, good.A...)
+		mut(&p)
+		return p
+	}
 	for name, p := range map[string]LoRAPart{
 		"unknown module": bad(func(p *LoRAPart) { p.Target = "lm_head" }),
 		"rank mismatch":  bad(func(p *LoRAPart) { p.Rank = 5 }),
