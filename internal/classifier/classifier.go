@@ -151,8 +151,8 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	defer reg.Close()
 	eng := &engine{model: m, tok: tok, reg: reg}
 	rt.Logger.Info("model loaded", "model", m.ID(), "arch", m.Config().Arch, "layers", m.Config().Layers,
-		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", dt, "device", dev, "threads", tensor.Threads(),
-		"tokenizer", tok.Family(), "template", tmpl.Name, "labels", tmpl.Labels, "took", time.Since(start).Round(time.Millisecond))
+		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", dt.String(), "device", dev.String(), "threads", tensor.Threads(),
+		"tokenizer", tok.Family(), "template", tmpl.Name, "labels", tmpl.Labels, "took", time.Since(start).Round(time.Millisecond).String())
 	if c.AdaptersDir != "" {
 		reg.Sync(c.AdaptersDir)
 		watchCtx, stopWatch := context.WithCancel(ctx)

@@ -1,0 +1,346 @@
+package classifier
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emoflow/emoflow/internal/adapters"
+	"github.com/emoflow/emoflow/internal/classifyapi"
+	"github.com/emoflow/emoflow/internal/model"
+	"github.com/emoflow/emoflow/internal/prompt"
+	"github.com/emoflow/emoflow/internal/randmodel"
+	"github.com/emoflow/emoflow/internal/tensor"
+	"github.com/emoflow/emoflow/internal/testenv"
+)
+
+var corpus = []string{
+	"I am so happy with the new plan, thank you!", "This is the worst service ever.", "Where is my parcel?",
+	"I am scared something is wrong with my account.", "Wow, I did not expect a refund.", "That smells disgusting.",
+	"My cat died and I feel empty.", "Classify the emotion of this chat message as one of: anger, disgust, fear, joy, neutral, sadness, surprise.",
+}
+
+// setup writes a tiny random model and, in adapters/, a LoRA adapter
+// "lora@1" and a P-tuning v2 adapter "pt@1".
+func setup(t *testing.T) (modelDir, adaptersDir string) {
+	t.Helper()
+	modelDir = t.TempDir()
+	var lines []string
+	for i := 0; i < 30; i++ {
+		lines = append(lines, corpus...)
+	}
+	if err := randmodel.TrainTokenizer(t.Context(), modelDir, lines, 400); err != nil {
+		t.Skipf("no spm_train: %v", err)
+	}
+	spec := randmodel.Spec{Arch: "chatglm2", Layers: 2, Hidden: 64, Heads: 4, Groups: 2, FFN: 96, Vocab: 512, Seed: 5, Std: 0.3, EOSIDs: []int{2}}
+	if err := randmodel.Write(modelDir, spec); err != nil {
+		t.Fatal(err)
+	}
+	base, err := model.Load(modelDir, model.Options{DType: tensor.Float32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	adaptersDir = t.TempDir()
+	rng := rand.New(rand.NewPCG(1, 2))
+	normal := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() * 0.4)
+		}
+		return v
+	}
+	man := func(id, method string) adapters.Manifest {
+		return adapters.Manifest{ID: id, Version: "1", Method: method, Template: prompt.Default(),
+			BaseModel: adapters.BaseModel{Name: base.Config().Name, Fingerprint: base.Fingerprint()}}
+	}
+	var parts []model.LoRAPart
+	for layer := 0; layer < 2; layer++ {
+		parts = append(parts, model.LoRAPart{Layer: layer, Target: "dense", Rank: 4, A: normal(4 * 64), B: normal(64 * 4)})
+	}
+	lora := filepath.Join(adaptersDir, "lora")
+	if err := adapters.WritePEFTLoRA(lora, base, parts, adapters.PEFTLoRAConfig{R: 4, LoraAlpha: 8, TargetModules: []string{"dense"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := adapters.WriteManifest(lora, man("lora", adapters.MethodLoRA)); err != nil {
+		t.Fatal(err)
+	}
+	pt := filepath.Join(adaptersDir, "pt")
+	c := base.Config()
+	if err := adapters.WriteTHUDMPrefix(pt, base, normal(4*2*c.Layers*c.KVGroups*c.HeadDim), 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := adapters.WriteManifest(pt, man("pt", adapters.MethodPTuningV2)); err != nil {
+		t.Fatal(err)
+	}
+	return modelDir, adaptersDir
+}
+
+func post(t *testing.T, url string, body any) (int, []byte) {
+	t.Helper()
+	var raw []byte
+	switch b := body.(type) {
+	case []byte:
+		raw = b
+	default:
+		raw, _ = json.Marshal(b)
+	}
+	resp, err := http.Post(url, "application/json", bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+func classify(t *testing.T, base string, req classifyapi.ClassifyRequest) (int, classifyapi.ClassifyResponse, classifyapi.ErrorResponse) {
+	t.Helper()
+	code, raw := post(t, base+"/v1/classify", req)
+	var ok classifyapi.ClassifyResponse
+	var bad classifyapi.ErrorResponse
+	if code == http.StatusOK {
+		if err := json.Unmarshal(raw, &ok); err != nil {
+			t.Fatalf("bad JSON %s: %v", raw, err)
+		}
+	} else if err := json.Unmarshal(raw, &bad); err != nil || bad.Error.Code == "" {
+		t.Fatalf("status %d without an error body: %s", code, raw)
+	}
+	return code, ok, bad
+}
+
+func TestBadRequestsGetClearErrors(t *testing.T) {
+	modelDir, adaptersDir := setup(t)
+	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir, "-adapters-dir="+adaptersDir,
+		"-max-texts=4", "-max-text-bytes=100")
+	base := "http://" + c.RT.Addr
+	for _, tc := range []struct {
+		name   string
+		body   []byte
+		status int
+		code   string
+	}{
+		{"malformed JSON", []byte(`{"texts": [`), 400, classifyapi.CodeBadRequest},
+		{"not UTF-8", []byte("{\"texts\": [\"\xff\"]}"), 400, classifyapi.CodeBadRequest},
+		{"no texts", []byte(`{"texts": []}`), 400, classifyapi.CodeBadRequest},
+		{"empty text", []byte(`{"texts": [""]}`), 400, classifyapi.CodeBadRequest},
+		{"too many texts", []byte(`{"texts": ["a","b","c","d","e"]}`), 413, classifyapi.CodeTooLarge},
+		{"oversized text", []byte(`{"texts": ["` + strings.Repeat("x", 101) + `"]}`), 413, classifyapi.CodeTooLarge},
+		{"unknown adapter", []byte(`{"texts": ["hi"], "adapter": "nope"}`), 404, classifyapi.CodeUnknownAdapter},
+		{"unknown version", []byte(`{"texts": ["hi"], "adapter": "lora@7"}`), 404, classifyapi.CodeUnknownAdapter},
+		{"bad adapter ref", []byte(`{"texts": ["hi"], "adapter": "a@"}`), 400, classifyapi.CodeBadRequest},
+		{"invalid priority", []byte(`{"texts": ["hi"], "priority": "urgent"}`), 400, classifyapi.CodeBadRequest},
+		{"negative deadline", []byte(`{"texts": ["hi"], "deadline_ms": -5}`), 400, classifyapi.CodeBadRequest},
+		{"deadline too long", []byte(`{"texts": ["hi"], "deadline_ms": 86400000}`), 400, classifyapi.CodeBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, raw := post(t, base+"/v1/classify", tc.body)
+			var e classifyapi.ErrorResponse
+			if code != tc.status || json.Unmarshal(raw, &e) != nil || e.Error.Code != tc.code || e.Error.Message == "" {
+				t.Fatalf("status %d body %s, want %d with code %s", code, raw, tc.status, tc.code)
+			}
+		})
+	}
+	// The worker still answers after all that.
+	if code, _, _ := classify(t, base, classifyapi.ClassifyRequest{Texts: []string{"fine"}}); code != 200 {
+		t.Fatalf("classify after bad requests: %d", code)
+	}
+}
+
+// TestConcurrentClientsAdaptersAndDrain: many clients at once, on three
+// adapters and both priorities, each get the answer a lone request gets;
+// then a shutdown with requests in flight loses none of them.
+func TestConcurrentClientsAdaptersAndDrain(t *testing.T) {
+	modelDir, adaptersDir := setup(t)
+	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir, "-adapters-dir="+adaptersDir, "-max-queue-delay=3ms", "-max-batch-rows=8")
+	base := "http://" + c.RT.Addr
+
+	var list classifyapi.AdaptersResponse
+	resp, err := http.Get(base + "/v1/adapters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&list)
+	resp.Body.Close()
+	if len(list.Adapters) != 3 || !strings.HasPrefix(list.Default, "base@") {
+		t.Fatalf("adapters = %+v", list)
+	}
+
+	adapterRefs := []string{"", "lora", "pt@1"}
+	texts := append([]string{}, corpus...)
+	// What each (adapter, text) gets alone.
+	alone := map[string]classifyapi.Result{}
+	for _, a := range adapterRefs {
+		for _, text := range texts {
+			code, r, e := classify(t, base, classifyapi.ClassifyRequest{Texts: []string{text}, Adapter: a})
+			if code != 200 {
+				t.Fatalf("alone: %d %+v", code, e)
+			}
+			alone[a+"\x00"+text] = r.Results[0]
+		}
+	}
+	if alone["\x00"+texts[0]].Probabilities["joy"] == alone["lora\x00"+texts[0]].Probabilities["joy"] {
+		t.Fatal("the LoRA adapter changes nothing: the test could not tell adapters apart")
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := 0; i < 60; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			a := adapterRefs[i%3]
+			req := classifyapi.ClassifyRequest{Adapter: a, Priority: []string{"live", "replay"}[i%2]}
+			for j := 0; j < 1+i%4; j++ {
+				req.Texts = append(req.Texts, texts[(i+j)%len(texts)])
+			}
+			code, r, e := classify(t, base, req)
+			if code != 200 {
+				errs <- fmt.Errorf("request %d: %d %+v", i, code, e)
+				return
+			}
+			for k, text := range req.Texts {
+				want := alone[a+"\x00"+text]
+				got := r.Results[k]
+				if got.Label != want.Label || math.Abs(got.Probabilities[got.Label]-want.Probabilities[want.Label]) > 1e-5 {
+					errs <- fmt.Errorf("request %d text %d (%s): %s %.6f, alone %s %.6f", i, k, a, got.Label,
+						got.Probabilities[got.Label], want.Label, want.Probabilities[want.Label])
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+
+	// Graceful drain: requests queued when the shutdown starts all finish.
+	var inflight sync.WaitGroup
+	codes := make(chan int, 20)
+	for i := 0; i < 20; i++ {
+		inflight.Add(1)
+		go func(i int) {
+			defer inflight.Done()
+			raw, _ := json.Marshal(classifyapi.ClassifyRequest{Texts: texts, Adapter: adapterRefs[i%3], Priority: "replay"})
+			resp, err := http.Post(base+"/v1/classify", "application/json", bytes.NewReader(raw))
+			if err != nil {
+				codes <- -1
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}(i)
+	}
+	// Wait until some of them are queued, then stop.
+	for deadline := time.Now().Add(30 * time.Second); queued(c) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("requests never queued")
+		}
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	inflight.Wait()
+	close(codes)
+	ok := 0
+	for code := range codes {
+		switch code {
+		case 200:
+			ok++
+		case 503, -1:
+			// Arrived after the drain began (refused) or after the
+			// server closed: never accepted, so not lost.
+		default:
+			t.Errorf("request during shutdown: status %d", code)
+		}
+	}
+	if ok == 0 {
+		t.Fatal("no queued request was finished by the drain")
+	}
+}
+
+// queued is the classifier's current queue depth (both priorities).
+func queued(c *testenv.Running) float64 {
+	families, err := c.RT.Metrics.Gather()
+	if err != nil {
+		return 0
+	}
+	total := 0.0
+	for _, f := range families {
+		if f.GetName() == "emoflow_classifier_queue_depth" {
+			for _, m := range f.GetMetric() {
+				total += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return total
+}
+
+func TestAdminLoadsUnloadsAndSetsDefault(t *testing.T) {
+	modelDir, adaptersDir := setup(t)
+	// Start without watching, then load through the admin API.
+	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir)
+	base := "http://" + c.RT.Addr
+	code, raw := post(t, base+"/v1/admin/adapters", map[string]string{"path": filepath.Join(adaptersDir, "lora")})
+	if code != http.StatusCreated {
+		t.Fatalf("load: %d %s", code, raw)
+	}
+	if code, raw := post(t, base+"/v1/admin/adapters", map[string]string{"path": filepath.Join(adaptersDir, "lora")}); code != http.StatusConflict {
+		t.Fatalf("second load: %d %s", code, raw)
+	}
+	if code, raw := post(t, base+"/v1/admin/adapters", map[string]string{"path": t.TempDir()}); code != http.StatusUnprocessableEntity {
+		t.Fatalf("load of an empty folder: %d %s", code, raw)
+	}
+	req, _ := http.NewRequest(http.MethodPut, base+"/v1/admin/default", strings.NewReader(`{"adapter":"lora@1"}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("set default: %v %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+	if code, r, _ := classify(t, base, classifyapi.ClassifyRequest{Texts: []string{"hello"}}); code != 200 || r.Adapter != "lora@1" {
+		t.Fatalf("default request served by %q (%d)", r.Adapter, code)
+	}
+	del := func(ref string) int {
+		req, _ := http.NewRequest(http.MethodDelete, base+"/v1/admin/adapters/"+ref, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := del("lora@1"); code != http.StatusConflict {
+		t.Fatalf("unloading the default: %d", code)
+	}
+	list := func() classifyapi.AdaptersResponse {
+		resp, err := http.Get(base + "/v1/adapters")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var l classifyapi.AdaptersResponse
+		json.NewDecoder(resp.Body).Decode(&l)
+		return l
+	}
+	req, _ = http.NewRequest(http.MethodPut, base+"/v1/admin/default", strings.NewReader(`{"adapter":"base"}`))
+	resp, _ = http.DefaultClient.Do(req)
+	resp.Body.Close()
+	if code := del("lora@1"); code != http.StatusNoContent {
+		t.Fatalf("unload: %d", code)
+	}
+	if l := list(); len(l.Adapters) != 1 {
+		t.Fatalf("after unload: %+v", l)
+	}
+	if code := del("lora@1"); code != http.StatusNotFound {
+		t.Fatalf("unloading twice: %d", code)
+	}
+}
