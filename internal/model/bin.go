@@ -1,6 +1,7 @@
 package model
 
 import (
+	"archive/zip"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -72,6 +73,12 @@ func (c *binCheckpoint) decode(shard string) (err error) {
 		return nil
 	}
 	c.current, c.tensors = "", nil
+	path := filepath.Join(c.dir, shard)
+	// torch.save has written zip archives since PyTorch 1.6; gotch's reader
+	// of the older format loops forever on an empty or zero-filled file.
+	if err := checkZip(path); err != nil {
+		return fmt.Errorf("%s: not a PyTorch checkpoint (a zip archive, as torch.save writes since PyTorch 1.6): %w", shard, err)
+	}
 	// gotch's unpickler indexes slices on the file's word: a corrupt file
 	// can make it panic, which must not take the process down.
 	defer func() {
@@ -79,7 +86,7 @@ func (c *binCheckpoint) decode(shard string) (err error) {
 			err = fmt.Errorf("%s: corrupt PyTorch checkpoint: %v", shard, r)
 		}
 	}()
-	obj, err := pickle.LoadWithUnpickler(filepath.Join(c.dir, shard), func(r io.Reader) pickle.Unpickler {
+	obj, err := pickle.LoadWithUnpickler(path, func(r io.Reader) pickle.Unpickler {
 		u := pickle.NewUnpickler(r)
 		// gotch v0.9.1 knows BFloat16Storage but does not register it.
 		u.FindClass = func(module, class string) (interface{}, error) {
@@ -91,7 +98,7 @@ func (c *binCheckpoint) decode(shard string) (err error) {
 		return u
 	})
 	if err != nil {
-		return fmt.Errorf("%s: %w", shard, err)
+		return fmt.Errorf("%s: cannot read PyTorch checkpoint: %w", shard, err)
 	}
 	tensors := map[string]*pickle.StorageTensor{}
 	add := func(k, v interface{}) error {
@@ -122,6 +129,15 @@ func (c *binCheckpoint) decode(shard string) (err error) {
 	}
 	c.current, c.tensors = shard, tensors
 	return nil
+}
+
+// checkZip opens path as a zip archive.
+func checkZip(path string) error {
+	r, err := zip.OpenReader(path)
+	if err != nil {
+		return err
+	}
+	return r.Close()
 }
 
 func (c *binCheckpoint) Names() []string {

@@ -95,7 +95,7 @@ func (m *Model) forward(s *tensor.Scope, b *Batch, keepKV bool) (*tensor.Tensor,
 	x := s.Embedding(m.embed, ids)
 	mask := s.Reshape(s.FromBool(b.Visible, []int64{B, L, P + L}, dev), B, 1, L, P+L)
 	rot := m.rotaryTables(s, b)
-	groups := m.loraGroups(s, b.LoRA)
+	groups := newLoRABatch(b.LoRA)
 
 	var kv *KV
 	if keepKV {
@@ -169,7 +169,7 @@ func (m *Model) norm(s *tensor.Scope, x, w, bias *tensor.Tensor) *tensor.Tensor 
 
 // block is one transformer layer. It returns the layer's output and the
 // keys (rotated) and values of the batch's own tokens.
-func (m *Model) block(s *tensor.Scope, layer int, x *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, groups []loraGroup, B, L int64) (out, k, v *tensor.Tensor) {
+func (m *Model) block(s *tensor.Scope, layer int, x *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, groups *loraBatch, B, L int64) (out, k, v *tensor.Tensor) {
 	l := &m.layers[layer]
 	h := m.norm(s, x, l.inNormW, l.inNormB)
 	attn, k, v := m.attention(s, layer, h, rot, pastK, pastV, mask, groups, B, L)
@@ -189,7 +189,7 @@ func (m *Model) block(s *tensor.Scope, layer int, x *tensor.Tensor, rot rotary, 
 	return s.Add(mid, m.mlp(s, layer, h2, groups)), k, v
 }
 
-func (m *Model) mlp(s *tensor.Scope, layer int, h *tensor.Tensor, groups []loraGroup) *tensor.Tensor {
+func (m *Model) mlp(s *tensor.Scope, layer int, h *tensor.Tensor, groups *loraBatch) *tensor.Tensor {
 	l := &m.layers[layer]
 	u := m.project(s, h, l.upW, l.upB, layer, ModUp, groups)
 	var act *tensor.Tensor
@@ -202,7 +202,7 @@ func (m *Model) mlp(s *tensor.Scope, layer int, h *tensor.Tensor, groups []loraG
 	return m.project(s, act, l.downW, l.downB, layer, ModDown, groups)
 }
 
-func (m *Model) attention(s *tensor.Scope, layer int, h *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, groups []loraGroup, B, L int64) (out, kNew, vNew *tensor.Tensor) {
+func (m *Model) attention(s *tensor.Scope, layer int, h *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, groups *loraBatch, B, L int64) (out, kNew, vNew *tensor.Tensor) {
 	c := m.cfg
 	l := &m.layers[layer]
 	H, G, hd := int64(c.Heads), int64(c.KVGroups), int64(c.HeadDim)

@@ -268,56 +268,97 @@ func (m *Model) Merged(l *LoRA) (*Model, error) {
 	return mm, nil
 }
 
-// loraGroup is the rows of a batch that share one update.
-type loraGroup struct {
-	l   *LoRA
-	idx *tensor.Tensor // row indices; nil when the group is the whole batch
+// loraBatch is how a batch's rows use low-rank updates: one update for
+// every row, or several, stacked so that each projection costs two small
+// matrix products whatever the number of adapters.
+type loraBatch struct {
+	rows     []*LoRA // per row, nil for none
+	adapters []*LoRA // distinct updates, in first-use order
+	all      bool    // one update, used by every row
+	// cache of the stacked factors and row masks, per layer and module.
+	stacked map[[2]int]stackedLoRA
 }
 
-// loraGroups groups a batch's rows by update (rows without one are left
-// out).
-func (m *Model) loraGroups(s *tensor.Scope, rows []*LoRA) []loraGroup {
-	if len(rows) == 0 {
-		return nil
-	}
-	order := []*LoRA{}
-	members := map[*LoRA][]int64{}
-	for r, l := range rows {
+type stackedLoRA struct {
+	a, b, mask *tensor.Tensor // nil when no adapter updates the module
+}
+
+func newLoRABatch(rows []*LoRA) *loraBatch {
+	lb := &loraBatch{rows: rows, stacked: map[[2]int]stackedLoRA{}}
+	seen := map[*LoRA]bool{}
+	some := 0
+	for _, l := range rows {
 		if l == nil {
 			continue
 		}
-		if _, ok := members[l]; !ok {
-			order = append(order, l)
+		some++
+		if !seen[l] {
+			seen[l] = true
+			lb.adapters = append(lb.adapters, l)
 		}
-		members[l] = append(members[l], int64(r))
 	}
-	var groups []loraGroup
-	for _, l := range order {
-		idx := members[l]
-		if len(idx) == len(rows) {
-			groups = append(groups, loraGroup{l: l})
+	if len(lb.adapters) == 0 {
+		return nil
+	}
+	lb.all = len(lb.adapters) == 1 && some == len(rows)
+	return lb
+}
+
+// stack concatenates the adapters' factors of one projection: A's rows and
+// B's columns side by side, and a [rows, 1, rank] mask that keeps, for each
+// row, the columns of its own adapter.
+func (m *Model) stack(s *tensor.Scope, lb *loraBatch, layer int, mod Module) stackedLoRA {
+	key := [2]int{layer, int(mod)}
+	if st, ok := lb.stacked[key]; ok {
+		return st
+	}
+	var as, bs []*tensor.Tensor
+	offset := map[*LoRA][2]int{} // column range of each adapter
+	total := 0
+	for _, l := range lb.adapters {
+		u := l.layers[layer][mod]
+		if u == nil {
 			continue
 		}
-		groups = append(groups, loraGroup{l: l, idx: s.FromInt64(idx, []int64{int64(len(idx))}, m.opts.Device)})
+		r := int(u.a.Size(0))
+		offset[l] = [2]int{total, total + r}
+		total += r
+		as, bs = append(as, u.a), append(bs, u.b)
 	}
-	return groups
+	var st stackedLoRA
+	if total > 0 {
+		mask := make([]float32, len(lb.rows)*total)
+		for row, l := range lb.rows {
+			if o, ok := offset[l]; ok {
+				for c := o[0]; c < o[1]; c++ {
+					mask[row*total+c] = 1
+				}
+			}
+		}
+		st.a, st.b = s.Cat(as, 0), s.Cat(bs, 1)
+		st.mask = s.ToDType(s.FromFloat32(mask, []int64{int64(len(lb.rows)), 1, int64(total)}, m.opts.Device), m.opts.DType)
+	}
+	lb.stacked[key] = st
+	return st
 }
 
 // project is a block's linear projection plus the low-rank updates of the
 // rows that carry one.
-func (m *Model) project(s *tensor.Scope, x, w, b *tensor.Tensor, layer int, mod Module, groups []loraGroup) *tensor.Tensor {
+func (m *Model) project(s *tensor.Scope, x, w, b *tensor.Tensor, layer int, mod Module, lb *loraBatch) *tensor.Tensor {
 	y := s.Linear(x, w, b)
-	for _, g := range groups {
-		u := g.l.layers[layer][mod]
-		if u == nil {
-			continue
-		}
-		if g.idx == nil {
-			y = s.Add(y, s.Linear(s.Linear(x, u.a, nil), u.b, nil))
-			continue
-		}
-		xr := s.IndexSelect(x, 0, g.idx)
-		y = s.IndexAdd(y, 0, g.idx, s.Linear(s.Linear(xr, u.a, nil), u.b, nil))
+	if lb == nil {
+		return y
 	}
-	return y
+	if lb.all {
+		u := lb.adapters[0].layers[layer][mod]
+		if u == nil {
+			return y
+		}
+		return s.Add(y, s.Linear(s.Linear(x, u.a, nil), u.b, nil))
+	}
+	st := m.stack(s, lb, layer, mod)
+	if st.a == nil {
+		return y
+	}
+	return s.Add(y, s.Linear(s.Mul(s.Linear(x, st.a, nil), st.mask), st.b, nil))
 }

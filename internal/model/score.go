@@ -48,6 +48,7 @@ type Scorer struct {
 	// otherwise the prefix is part of every row's tokens.
 	prefixInPast bool
 	lora         *LoRA
+	trie         *labelTrie
 }
 
 // Result is one text's scores.
@@ -111,7 +112,7 @@ func NewScorer(m *Model, p Prompt, opts ScorerOptions) (*Scorer, error) {
 	if opts.LoRA != nil && opts.LoRA.m != m {
 		return nil, fmt.Errorf("LoRA update built for another model")
 	}
-	sc := &Scorer{m: m, p: p, MaxTextTokens: maxTextTokens, lora: opts.LoRA}
+	sc := &Scorer{m: m, p: p, MaxTextTokens: maxTextTokens, lora: opts.LoRA, trie: newLabelTrie(p.Labels)}
 	if adapterPast == nil {
 		adapterPast = m.prefix
 	}
@@ -167,14 +168,58 @@ func (sc *Scorer) Close() { sc.past.Free() }
 // Labels is the number of labels.
 func (sc *Scorer) Labels() int { return len(sc.p.Labels) }
 
-// LabelTokens is the size of the label block every row carries.
-func (sc *Scorer) LabelTokens() int {
-	n := 0
-	for _, l := range sc.p.Labels {
-		n += len(l)
-	}
-	return n
+// labelTrie holds the label token sequences as a prefix tree: labels that
+// start alike ("\n" + word, or words sharing a first piece) share the
+// positions of their common prefix, so the label block is shorter and
+// fewer positions go through the output layer, with the same result.
+type labelTrie struct {
+	token  []int64 // per node
+	parent []int   // per node; -1 under the root (the last prompt token)
+	depth  []int   // per node, 0 for the first answer token
+	// children and ends are per predicting position: index 0 is the root,
+	// index v+1 is node v.
+	children [][]int
+	ends     []bool // a label ends at this node (its Stop is needed)
+	paths    [][]int
 }
+
+func newLabelTrie(labels [][]int64) *labelTrie {
+	t := &labelTrie{children: [][]int{nil}, ends: []bool{false}}
+	for _, l := range labels {
+		at := -1 // the root
+		var path []int
+		for _, tok := range l {
+			next := -1
+			for _, c := range t.children[at+1] {
+				if t.token[c] == tok {
+					next = c
+					break
+				}
+			}
+			if next < 0 {
+				next = len(t.token)
+				t.token = append(t.token, tok)
+				t.parent = append(t.parent, at)
+				depth := 0
+				if at >= 0 {
+					depth = t.depth[at] + 1
+				}
+				t.depth = append(t.depth, depth)
+				t.children = append(t.children, nil)
+				t.ends = append(t.ends, false)
+				t.children[at+1] = append(t.children[at+1], next)
+			}
+			path = append(path, next)
+			at = next
+		}
+		t.ends[at+1] = true
+		t.paths = append(t.paths, path)
+	}
+	return t
+}
+
+// LabelTokens is the size of the label block every row carries.
+func (sc *Scorer) LabelTokens() int { return len(sc.trie.token) }
 
 // RowTokens is the number of tokens a text of n tokens costs in a batch
 // row, without the label block (for the batcher's token budget).
@@ -356,12 +401,8 @@ func newLayout(rows []Row) (*layout, error) {
 		if sc.prefixInPast {
 			posBase = len(sc.p.Prefix)
 		}
-		labelOff := make([]int, len(sc.p.Labels))
-		total := 0
-		for k, l := range sc.p.Labels {
-			labelOff[k] = total
-			total += len(l)
-		}
+		trie := sc.trie
+		total := len(trie.token)
 		// ChatGLM-6B: context is everything before <sop> (the last prompt
 		// token); answer tokens keep the [gMASK] position and count block
 		// positions from 1 at <sop>.
@@ -389,53 +430,63 @@ func newLayout(rows []Row) (*layout, error) {
 				default: // <sop>
 					b.Pos[at], b.BlockPos[at] = int64(gmask), 1
 				}
-			case i >= maxLen && i-maxLen < total: // label token
-				k, j := labelAt(labelOff, i-maxLen)
-				b.Tokens[at] = sc.p.Labels[k][j]
+			case i >= maxLen && i-maxLen < total: // label token: a trie node
+				v := i - maxLen
+				b.Tokens[at] = trie.token[v]
 				for c := 0; c < rowPast; c++ {
 					vis[c] = true
 				}
 				for c := 0; c < n; c++ {
 					vis[P+c] = true
 				}
-				for c := 0; c <= j; c++ {
-					vis[P+maxLen+labelOff[k]+c] = true
+				for u := v; u >= 0; u = trie.parent[u] {
+					vis[P+maxLen+u] = true // itself and its ancestors
 				}
 				if glm1 {
-					b.Pos[at], b.BlockPos[at] = int64(gmask), int64(2+j)
+					b.Pos[at], b.BlockPos[at] = int64(gmask), int64(2+trie.depth[v])
 				} else {
-					b.Pos[at] = int64(posBase + n + j)
+					b.Pos[at] = int64(posBase + n + trie.depth[v])
 				}
 			default: // padding: sees only itself, is never seen
 				vis[P+i] = true
 				b.Tokens[at] = prompt[n-1]
 			}
 		}
-		// Gather: the last prompt position predicts every label's first
-		// token; each label token predicts the next, or Stop.
-		first := len(lay.gather)
-		lay.gather = append(lay.gather, int64(r*L+n-1))
-		firsts := make([]int64, len(sc.p.Labels))
-		for k, l := range sc.p.Labels {
-			firsts[k] = l[0]
+		// Gather: the last prompt position (the root) and every trie node
+		// predict their children's tokens and, where a label ends, Stop.
+		// col[q][tok] is where position q's log-probability of tok lands.
+		col := make([]map[int64][2]int, len(trie.children))
+		for q := range trie.children {
+			var targets []int64
+			for _, c := range trie.children[q] {
+				targets = append(targets, trie.token[c])
+			}
+			if trie.ends[q] && sc.p.Stop >= 0 {
+				targets = append(targets, sc.p.Stop)
+			}
+			if len(targets) == 0 {
+				continue
+			}
+			pos := int64(r*L + n - 1)
+			if q > 0 {
+				pos = int64(r*L + maxLen + q - 1)
+			}
+			lay.gather = append(lay.gather, pos)
+			lay.targets = append(lay.targets, targets)
+			col[q] = map[int64][2]int{}
+			for j, tok := range targets {
+				col[q][tok] = [2]int{len(lay.gather) - 1, j}
+			}
 		}
-		lay.targets = append(lay.targets, firsts)
 		perLabel := make([][][2]int, len(sc.p.Labels))
-		for k, l := range sc.p.Labels {
-			perLabel[k] = append(perLabel[k], [2]int{first, k})
-			for j := range l {
-				var next int64
-				switch {
-				case j+1 < len(l):
-					next = l[j+1]
-				case sc.p.Stop >= 0:
-					next = sc.p.Stop
-				default:
-					continue
-				}
-				lay.gather = append(lay.gather, int64(r*L+maxLen+labelOff[k]+j))
-				lay.targets = append(lay.targets, []int64{next})
-				perLabel[k] = append(perLabel[k], [2]int{len(lay.gather) - 1, 0})
+		for k, path := range trie.paths {
+			prev := 0 // the root
+			for _, v := range path {
+				perLabel[k] = append(perLabel[k], col[prev][trie.token[v]])
+				prev = v + 1
+			}
+			if sc.p.Stop >= 0 {
+				perLabel[k] = append(perLabel[k], col[prev][sc.p.Stop])
 			}
 		}
 		lay.labelRefs[r] = perLabel
@@ -489,13 +540,4 @@ func (lay *layout) attachPast(s *tensor.Scope, m *Model) error {
 	}
 	lay.batch.Past = kv
 	return s.Err()
-}
-
-func labelAt(offsets []int, i int) (label, token int) {
-	for k := len(offsets) - 1; k >= 0; k-- {
-		if i >= offsets[k] {
-			return k, i - offsets[k]
-		}
-	}
-	return 0, i
 }
