@@ -229,17 +229,17 @@ func patternMatches(key, path string) bool {
 func readTHUDMPrefix(dir string, base *model.Model) (*model.KV, error) {
 	raw, err := os.ReadFile(filepath.Join(dir, "config.json"))
 	if err != nil {
-		return nil, fmt.Errorf("P-tuning v2: %w", err)
+		return nil, fmt.Errorf("ptuning-v2: %w", err)
 	}
 	var cfg struct {
 		PreSeqLen        int  `json:"pre_seq_len"`
 		PrefixProjection bool `json:"prefix_projection"`
 	}
 	if err := json.Unmarshal(raw, &cfg); err != nil {
-		return nil, fmt.Errorf("P-tuning v2: config.json is not valid JSON: %w", err)
+		return nil, fmt.Errorf("ptuning-v2: config.json is not valid JSON: %w", err)
 	}
 	if cfg.PreSeqLen <= 0 {
-		return nil, fmt.Errorf("P-tuning v2: config.json must set pre_seq_len")
+		return nil, fmt.Errorf("ptuning-v2: config.json must set pre_seq_len")
 	}
 	var ckpt *model.Checkpoint
 	for _, name := range []string{"pytorch_model", "model"} {
@@ -247,16 +247,16 @@ func readTHUDMPrefix(dir string, base *model.Model) (*model.KV, error) {
 			break
 		}
 		if !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("P-tuning v2 weights: %w", err)
+			return nil, fmt.Errorf("ptuning-v2 weights: %w", err)
 		}
 	}
 	if ckpt == nil {
-		return nil, fmt.Errorf("P-tuning v2 weights: no pytorch_model.bin or model.safetensors in %s", dir)
+		return nil, fmt.Errorf("ptuning-v2 weights: no pytorch_model.bin or model.safetensors in %s", dir)
 	}
 	defer ckpt.Close()
 	kv, err := base.PrefixFromCheckpoint(ckpt, cfg.PreSeqLen, cfg.PrefixProjection)
 	if err != nil {
-		return nil, fmt.Errorf("P-tuning v2: %w", err)
+		return nil, fmt.Errorf("ptuning-v2: %w", err)
 	}
 	return kv, nil
 }

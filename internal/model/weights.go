@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -273,9 +271,4 @@ func fingerprint(ckpt checkpoint) (string, error) {
 		}
 	}
 	return fmt.Sprintf("%016x", h.Sum64()), nil
-}
-
-// modelDirName is the folder's base name, used as a default model name.
-func modelDirName(dir string) string {
-	return strings.TrimSuffix(filepath.Base(filepath.Clean(dir)), "/")
 }
