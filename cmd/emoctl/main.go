@@ -4,6 +4,10 @@
 //	                                model with a real SentencePiece tokenizer
 //	emoctl produce [flags]          send chat messages (from ../shared/data
 //	                                or a built-in sample) to the input topic
+//	emoctl load-dataset [flags]     publish a labelled data set as a topic
+//	emoctl replay [flags]           replay a topic range with an adapter as a run
+//	emoctl eval -run R              score a run against its ground truth
+//	emoctl compare -a R1 -b R2      compare two runs
 //
 // Run a subcommand with -h for its flags; every flag can also be set by its
 // EMOFLOW_* environment variable.
@@ -28,6 +32,10 @@ func commands() []command {
 	return []command{
 		{"tiny-model", "write a tiny random ChatGLM3-architecture model and tokenizer", tinyModel},
 		{"produce", "send chat messages to the input topic", produce},
+		{"load-dataset", "publish a labelled data set as chat messages to a topic", loadDatasetCommand},
+		{"replay", "replay a topic range through an adapter as a run (resumable)", replayCommand},
+		{"eval", "score a run against the ground truth of its messages", evalCommand},
+		{"compare", "compare the labels of two runs", compareCommand},
 	}
 }
 

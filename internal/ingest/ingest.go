@@ -22,6 +22,11 @@
 // consumers order by sent_at and deduplicate on (message_id, adapter,
 // run_id).
 //
+// Replays (emoctl replay, internal/replay) run ingest in a consumer group of
+// their own with -priority replay, their run id, -adapter (one adapter
+// version for every message, whatever the messages ask for) and
+// -stop-at-offsets (stop once the group has committed a range's end).
+//
 // Ingest creates its topics at start-up (-create-topics, on by default):
 // the input, events and dead-letter topics, with -topic-partitions
 // partitions. Topics that exist are left as they are.
