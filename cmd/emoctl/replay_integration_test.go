@@ -104,9 +104,9 @@ func newPipeline(t *testing.T) *pipeline {
 
 // streams returns the streams of a command run by the test: no
 // environment, output into buffers.
-func (p *pipeline) streams() (streams, *bytes.Buffer, *syncBuffer) {
+func (p *pipeline) streams() (streams, *bytes.Buffer, *testenv.LogBuffer) {
 	var out bytes.Buffer
-	errOut := &syncBuffer{}
+	errOut := &testenv.LogBuffer{}
 	return streams{out: &out, err: errOut, lookup: noEnv}, &out, errOut
 }
 
@@ -283,7 +283,7 @@ func TestReplayOfLabelledTopicIsEvaluatedAndCompared(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
-	logs := make([]*syncBuffer, 2)
+	logs := make([]*testenv.LogBuffer, 2)
 	for i, args := range [][]string{
 		p.replayArgs(runAll, nil),
 		p.replayArgs(runHalf, []string{"-start-offsets", "0:0,1:0,2:0", "-end-offsets", strings.Join(halfEnds, ",")}),
@@ -482,13 +482,13 @@ func TestKilledReplayResumesAndCountsEachMessageOnce(t *testing.T) {
 // process is emoctl running as a child process.
 type process struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testenv.LogBuffer
 	done chan error
 }
 
 func startEmoctl(t *testing.T, bin string, args []string, name string) *process {
 	t.Helper()
-	pr := &process{cmd: exec.Command(bin, append([]string{"replay"}, args...)...), out: &syncBuffer{}, done: make(chan error, 1)}
+	pr := &process{cmd: exec.Command(bin, append([]string{"replay"}, args...)...), out: &testenv.LogBuffer{}, done: make(chan error, 1)}
 	pr.cmd.Stdout, pr.cmd.Stderr = pr.out, pr.out
 	if err := pr.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -611,22 +611,4 @@ func (p *pipeline) distinctMessages(to map[int]int64) int {
 		ids[m.ID] = true
 	}
 	return len(ids)
-}
-
-// syncBuffer is a buffer written by several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -28,13 +28,13 @@ func buildIngest(t *testing.T) string {
 // process is ingest running as a subprocess.
 type process struct {
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *testenv.LogBuffer
 	exited chan error
 }
 
 func (h *harness) startProcess(bin string, extra ...string) *process {
 	h.t.Helper()
-	p := &process{logs: &syncBuffer{}, exited: make(chan error, 1)}
+	p := &process{logs: &testenv.LogBuffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(bin, h.args(extra...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
@@ -49,7 +49,7 @@ func (h *harness) startProcess(bin string, extra ...string) *process {
 		case <-time.After(30 * time.Second):
 		}
 		if h.t.Failed() {
-			h.t.Logf("ingest process log:\n%s", p.logs.tail(100))
+			h.t.Logf("ingest process log:\n%s", p.logs.Tail(100))
 		}
 	})
 	return p

@@ -1,12 +1,10 @@
 package ingest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -99,14 +97,14 @@ type instance struct {
 	rt     *service.Runtime
 	cancel context.CancelFunc
 	done   chan error
-	logs   *syncBuffer
+	logs   *testenv.LogBuffer
 }
 
 // start runs ingest in-process until stop (or the test's end).
 func (h *harness) start(extra ...string) *instance {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	in := &instance{cancel: cancel, done: make(chan error, 1), logs: &syncBuffer{}}
+	in := &instance{cancel: cancel, done: make(chan error, 1), logs: &testenv.LogBuffer{}}
 	started := make(chan *service.Runtime, 1)
 	go func() {
 		in.done <- service.Run(ctx, "ingest", &Component{}, ":0", h.args(extra...), noEnv, in.logs,
@@ -122,7 +120,7 @@ func (h *harness) start(extra ...string) *instance {
 	h.t.Cleanup(func() {
 		in.stopQuietly()
 		if h.t.Failed() {
-			h.t.Logf("ingest log:\n%s", in.logs.tail(150))
+			h.t.Logf("ingest log:\n%s", in.logs.Tail(150))
 		}
 	})
 	return in
@@ -368,31 +366,3 @@ func (h *harness) waitCount(topic string, n int64, timeout time.Duration) {
 	h.t.Helper()
 	waitUntil(h.t, timeout, fmt.Sprintf("%s holds %d messages", topic, n), func() bool { return h.count(topic) >= n })
 }
-
-// syncBuffer collects a component's log for failure reports.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *syncBuffer) tail(lines int) string {
-	all := strings.Split(b.String(), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
-}
-
-func (b *syncBuffer) count(substr string) int { return strings.Count(b.String(), substr) }

@@ -344,10 +344,10 @@ func TestIntegrationRedisOutage(t *testing.T) {
 		}
 	}
 	// The outage is logged once, not per message or batch.
-	if n := in.logs.count("redis cache unavailable"); n != 1 {
+	if n := in.logs.Count("redis cache unavailable"); n != 1 {
 		t.Errorf("outage logged %d times, want once", n)
 	}
-	if n := in.logs.count("redis cache is available again"); n != 1 {
+	if n := in.logs.Count("redis cache is available again"); n != 1 {
 		t.Errorf("recovery logged %d times, want once", n)
 	}
 }

@@ -102,27 +102,9 @@ type runningSink struct {
 	done   chan error
 }
 
-// syncBuffer collects a sink's log; it is printed if the test fails.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func startSink(t testing.TB, args []string) *runningSink {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("sink log:\n%s", logs.String())
@@ -345,6 +327,27 @@ func (in *integration) checkPerMinuteCounts(t *testing.T, events []contract.Emot
 	for _, ev := range events {
 		want[minuteKey{ev.SentAt.UTC().Truncate(time.Minute), ev.Tenant, ev.Adapter, ev.RunID, ev.Label}]++
 	}
+	// ClickHouse makes an insert's rows visible in the events table a
+	// moment before the materialized view's rows of the same insert, so
+	// the counts may lag the deduplicated view briefly: wait for them.
+	var problems []string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		problems = in.perMinuteMismatches(t, want)
+		if len(problems) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, p := range problems {
+		t.Error(p)
+	}
+}
+
+// perMinuteMismatches compares label_counts_per_minute with want and
+// describes up to six differences.
+func (in *integration) perMinuteMismatches(t *testing.T, want map[minuteKey]uint64) []string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	rows, err := in.conn.Query(ctx, "SELECT minute, tenant, adapter, run_id, label, messages FROM "+in.database+".label_counts_per_minute")
@@ -364,18 +367,16 @@ func (in *integration) checkPerMinuteCounts(t *testing.T, events []contract.Emot
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
+	var problems []string
 	if len(got) != len(want) {
-		t.Errorf("label_counts_per_minute has %d groups, want %d", len(got), len(want))
+		problems = append(problems, fmt.Sprintf("label_counts_per_minute has %d groups, want %d", len(got), len(want)))
 	}
-	bad := 0
 	for k, n := range want {
-		if got[k] != n {
-			bad++
-			if bad <= 5 {
-				t.Errorf("label_counts_per_minute %v = %d, want %d", k, got[k], n)
-			}
+		if got[k] != n && len(problems) < 6 {
+			problems = append(problems, fmt.Sprintf("label_counts_per_minute %v = %d, want %d", k, got[k], n))
 		}
 	}
+	return problems
 }
 
 // checkEachEventOnce checks that events_dedup holds every event exactly
