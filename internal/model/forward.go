@@ -120,26 +120,46 @@ func (m *Model) forward(s *tensor.Scope, b *Batch, keepKV bool) (*tensor.Tensor,
 	return x, kv, s.Err()
 }
 
-// rotary holds the cos/sin tables of one batch, [B, 1, L, n] each.
+// rotary holds the rotation tables of one batch, [B, L, 1, n] each: one
+// table per head dimension for ChatGLM2 and later (see rotate), one per
+// rotating pair for ChatGLM-6B.
 type rotary struct {
 	cos, sin   *tensor.Tensor
 	cos2, sin2 *tensor.Tensor // ChatGLM-6B's block-position channel
 }
 
 func (m *Model) rotaryTables(s *tensor.Scope, b *Batch) rotary {
+	glm1 := m.cfg.Arch == ArchGLM1
+	hd := m.cfg.HeadDim
 	table := func(pos []int64) (*tensor.Tensor, *tensor.Tensor) {
 		n := len(m.invFreq)
+		if !glm1 {
+			n = hd
+		}
 		cos := make([]float32, len(pos)*n)
 		sin := make([]float32, len(pos)*n)
 		for i, p := range pos {
+			row := i * n
 			for j, f := range m.invFreq {
 				// float32 product as the reference computes it, then cos/sin.
 				a := float64(float32(p) * float32(f))
-				cos[i*n+j] = float32(math.Cos(a))
-				sin[i*n+j] = float32(math.Sin(a))
+				c, sn := float32(math.Cos(a)), float32(math.Sin(a))
+				if glm1 {
+					cos[row+j], sin[row+j] = c, sn
+					continue
+				}
+				// Pair j is dimensions 2j and 2j+1; the sign of the sine
+				// makes rotate one multiply-add.
+				cos[row+2*j], cos[row+2*j+1] = c, c
+				sin[row+2*j], sin[row+2*j+1] = -sn, sn
+			}
+			if !glm1 {
+				for d := 2 * len(m.invFreq); d < hd; d++ {
+					cos[row+d] = 1 // dimensions past RotaryDim pass through
+				}
 			}
 		}
-		shape := []int64{int64(b.Rows), 1, int64(b.Len), int64(n)}
+		shape := []int64{int64(b.Rows), int64(b.Len), 1, int64(n)}
 		ct := s.ToDType(s.FromFloat32(cos, shape, tensor.CPU), m.opts.DType)
 		st := s.ToDType(s.FromFloat32(sin, shape, tensor.CPU), m.opts.DType)
 		if m.opts.Device.IsCUDA() {
@@ -149,7 +169,7 @@ func (m *Model) rotaryTables(s *tensor.Scope, b *Batch) rotary {
 	}
 	var r rotary
 	r.cos, r.sin = table(b.Pos)
-	if m.cfg.Arch == ArchGLM1 {
+	if glm1 {
 		r.cos2, r.sin2 = table(b.BlockPos)
 	}
 	return r
@@ -207,11 +227,11 @@ func (m *Model) attention(s *tensor.Scope, layer int, h *tensor.Tensor, rot rota
 	l := &m.layers[layer]
 	H, G, hd := int64(c.Heads), int64(c.KVGroups), int64(c.HeadDim)
 	qkv := m.project(s, h, l.qkvW, l.qkvB, layer, ModQKV, groups)
-	q := s.Transpose(s.Reshape(s.Narrow(qkv, -1, 0, H*hd), B, L, H, hd), 1, 2)
-	k := s.Transpose(s.Reshape(s.Narrow(qkv, -1, H*hd, G*hd), B, L, G, hd), 1, 2)
+	// Queries and keys rotate together: [B, L, heads+groups, hd].
+	qk := m.rotate(s, s.Reshape(s.Narrow(qkv, -1, 0, (H+G)*hd), B, L, H+G, hd), rot)
+	q := s.Transpose(s.Narrow(qk, 2, 0, H), 1, 2)
+	k := s.Transpose(s.Narrow(qk, 2, H, G), 1, 2)
 	v := s.Transpose(s.Reshape(s.Narrow(qkv, -1, (H+G)*hd, G*hd), B, L, G, hd), 1, 2)
-	q = m.rotate(s, q, rot)
-	k = m.rotate(s, k, rot)
 	kNew, vNew = k, v
 	if pastK != nil {
 		pk, pv := pastK, pastV
@@ -233,7 +253,7 @@ func (m *Model) attention(s *tensor.Scope, layer int, h *tensor.Tensor, rot rota
 	return m.project(s, o, l.denseW, l.denseB, layer, ModDense, groups), kNew, vNew
 }
 
-// rotate applies the rotary embedding to x [B, heads, L, headDim].
+// rotate applies the rotary embedding to x [B, L, heads, headDim].
 func (m *Model) rotate(s *tensor.Scope, x *tensor.Tensor, rot rotary) *tensor.Tensor {
 	hd := int64(m.cfg.HeadDim)
 	if m.cfg.Arch == ArchGLM1 {
@@ -245,18 +265,14 @@ func (m *Model) rotate(s *tensor.Scope, x *tensor.Tensor, rot rotary) *tensor.Te
 		return s.Cat([]*tensor.Tensor{a, b}, -1)
 	}
 	// ChatGLM2 and later: the first RotaryDim dimensions rotate as
-	// interleaved pairs (x[2i], x[2i+1]); the rest pass through.
-	rd := int64(m.cfg.RotaryDim)
+	// interleaved pairs (x[2i], x[2i+1]); the rest pass through. With the
+	// tables of rotaryTables that is x·cos + swap(x)·sin, where swap
+	// exchanges the two elements of every pair: four kernels over the
+	// whole head instead of rotating and concatenating pieces.
 	shape := x.Shape()
-	pairs := s.Reshape(s.Narrow(x, -1, 0, rd), append(shape[:3:3], rd/2, 2)...)
-	x0, x1 := s.Select(pairs, -1, 0), s.Select(pairs, -1, 1)
-	r0 := s.Sub(s.Mul(x0, rot.cos), s.Mul(x1, rot.sin))
-	r1 := s.Add(s.Mul(x1, rot.cos), s.Mul(x0, rot.sin))
-	rotated := s.Reshape(s.Stack([]*tensor.Tensor{r0, r1}, -1), append(shape[:3:3], rd)...)
-	if rd == hd {
-		return rotated
-	}
-	return s.Cat([]*tensor.Tensor{rotated, s.Narrow(x, -1, rd, hd-rd)}, -1)
+	pairs := s.Reshape(x, append(shape[:3:3], hd/2, 2)...)
+	swapped := s.Reshape(s.Stack([]*tensor.Tensor{s.Select(pairs, -1, 1), s.Select(pairs, -1, 0)}, -1), shape...)
+	return s.Add(s.Mul(x, rot.cos), s.Mul(swapped, rot.sin))
 }
 
 func rotateHalf(s *tensor.Scope, x, cos, sin *tensor.Tensor) *tensor.Tensor {

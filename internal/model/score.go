@@ -279,8 +279,10 @@ func ScoreRows(rows []Row) ([]Result, error) {
 	B, L, D := int64(lay.batch.Rows), int64(lay.batch.Len), int64(m.cfg.Hidden)
 	idx := s.FromInt64(lay.gather, []int64{int64(len(lay.gather))}, m.opts.Device)
 	h := s.IndexSelect(s.Reshape(hidden, B*L, D), 0, idx)
-	logits := s.ToDType(s.Linear(h, m.head, nil), tensor.Float32)
-	lse := s.Logsumexp(logits, -1, true)
+	// log_softmax makes one vocabulary-sized tensor where logsumexp and a
+	// subtraction would make three: on a CPU, fresh big tensors cost page
+	// faults as well as memory traffic.
+	logp := s.LogSoftmax(s.Linear(h, m.head, nil), -1, tensor.Float32)
 	width := 0
 	for _, t := range lay.targets {
 		width = max(width, len(t))
@@ -292,7 +294,7 @@ func ScoreRows(rows []Row) ([]Result, error) {
 		}
 	}
 	tgt := s.FromInt64(flat, []int64{int64(len(lay.targets)), int64(width)}, m.opts.Device)
-	logp := s.Float32s(s.Sub(s.Gather(logits, 1, tgt), lse))
+	picked := s.Float32s(s.Gather(logp, 1, tgt))
 	if err := s.Err(); err != nil {
 		return nil, fmt.Errorf("score: %w", err)
 	}
@@ -302,7 +304,7 @@ func ScoreRows(rows []Row) ([]Result, error) {
 		for k, refs := range lay.labelRefs[r] {
 			sum := 0.0
 			for _, ref := range refs {
-				sum += float64(logp[ref[0]*width+ref[1]])
+				sum += float64(picked[ref[0]*width+ref[1]])
 			}
 			res.LogProbs[k] = sum
 		}
