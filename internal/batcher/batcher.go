@@ -1,9 +1,9 @@
 // Package batcher gathers single requests into batches for a model worker:
 // under a token budget and a row limit, within a maximum queueing delay,
 // grouped so that one batch needs one adapter mode, sorted into length
-// windows so that little compute goes to padding, live traffic before
-// replays, and never more queued work than configured (a full queue rejects
-// at once).
+// windows so that little compute goes to padding (at most 1 - MinFill of a
+// batch), live traffic before replays, and never more queued work than
+// configured (a full queue rejects at once).
 package batcher
 
 import (
@@ -58,6 +58,18 @@ type Config struct {
 	// RowOverhead is added to every row's cost (tokens every row carries
 	// whatever its text, such as a label block).
 	RowOverhead int
+	// Window, when positive, is how many of the oldest queued requests of
+	// each class a batch's rows are chosen from. Requests are then computed
+	// about in the order they came, so a caller's texts finish together
+	// and early, rather than all callers' late, and Backlog's estimates
+	// hold; within the window, rows are still grouped by length.
+	Window int
+	// MinFill, when positive, is the least share of a batch's padded size
+	// (rows × (longest cost + RowOverhead)) that its rows fill (the sum of
+	// cost + RowOverhead): a request that would pad the batch below it is
+	// left for a later batch of lengths nearer its own. The batch's first
+	// request is always taken, so every request is computed in the end.
+	MinFill float64
 	// MaxDelay is the longest a request waits for others to fill its batch.
 	MaxDelay time.Duration
 	// QueueSize is the most queued requests per priority.
@@ -78,6 +90,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("batcher: Workers must be positive")
 	case c.MaxDelay < 0:
 		return fmt.Errorf("batcher: MaxDelay must not be negative")
+	case c.MinFill < 0 || c.MinFill > 1:
+		return fmt.Errorf("batcher: MinFill must be between 0 and 1")
+	case c.Window < 0:
+		return fmt.Errorf("batcher: Window must not be negative")
 	}
 	return nil
 }
@@ -158,6 +174,10 @@ type Batcher[P, R any] struct {
 	seq     uint64
 	closing bool
 	workers sync.WaitGroup
+	// paceRows and paceTime are the rows and compute time of the batches
+	// run so far, each batch weighing a fifth less than the next: their
+	// ratio is the recent time per row.
+	paceRows, paceTime float64
 }
 
 // New returns a batcher; call Start to run its workers.
@@ -204,6 +224,26 @@ func (b *Batcher[P, R]) Depth(p Priority) int {
 	return len(b.queues[p])
 }
 
+// Backlog estimates how long the workers need for the queued requests of
+// priority p and the more urgent ones, plus rows more, at the pace of the
+// recent batches (their compute time over their rows): how long until rows
+// queued now are computed. Rows that come later can share their batches
+// within the Window, so a Window's worth is counted too. ok is false until
+// a batch has run.
+func (b *Batcher[P, R]) Backlog(p Priority, rows int) (d time.Duration, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.paceRows == 0 || p < 0 || p >= numPriorities {
+		return 0, false
+	}
+	queued := b.cfg.Window
+	for q := Live; q <= p; q++ {
+		queued += len(b.queues[q])
+	}
+	perRow := b.paceTime / b.paceRows
+	return time.Duration(float64(queued+rows) * perRow / float64(b.cfg.Workers)), true
+}
+
 func (b *Batcher[P, R]) signal() {
 	select {
 	case b.wake <- struct{}{}:
@@ -215,9 +255,23 @@ func (b *Batcher[P, R]) signal() {
 // once when the queue is full, ErrDeadline when the request's deadline or
 // ctx's passes first, ErrClosed after Close.
 func (b *Batcher[P, R]) Submit(ctx context.Context, req Request[P]) (R, error) {
-	var zero R
+	wait, err := b.Enqueue(ctx, req)
+	if err != nil {
+		var zero R
+		return zero, err
+	}
+	return wait()
+}
+
+// Enqueue is Submit in two steps: it queues req, or fails as Submit does,
+// and returns at once with a function that waits for the result. Call the
+// function, once: waiting is also how a request whose ctx ended leaves the
+// queue. Callers that must queue several requests with nothing queued in
+// between (checking the Backlog first) enqueue them under their own lock
+// and wait outside it.
+func (b *Batcher[P, R]) Enqueue(ctx context.Context, req Request[P]) (wait func() (R, error), err error) {
 	if req.Priority < 0 || req.Priority >= numPriorities {
-		return zero, fmt.Errorf("batcher: unknown priority %d", req.Priority)
+		return nil, fmt.Errorf("batcher: unknown priority %d", req.Priority)
 	}
 	if d, ok := ctx.Deadline(); ok && (req.Deadline.IsZero() || d.Before(req.Deadline)) {
 		req.Deadline = d
@@ -228,12 +282,12 @@ func (b *Batcher[P, R]) Submit(ctx context.Context, req Request[P]) (R, error) {
 	case b.closing:
 		b.mu.Unlock()
 		release(req)
-		return zero, ErrClosed
+		return nil, ErrClosed
 	case len(b.queues[req.Priority]) >= b.cfg.QueueSize[req.Priority]:
 		b.mu.Unlock()
 		release(req)
 		b.observeDrop(req.Priority, ErrOverloaded)
-		return zero, ErrOverloaded
+		return nil, ErrOverloaded
 	}
 	b.seq++
 	it.seq = b.seq
@@ -241,10 +295,16 @@ func (b *Batcher[P, R]) Submit(ctx context.Context, req Request[P]) (R, error) {
 	b.observeDepth(req.Priority)
 	b.mu.Unlock()
 	b.signal()
+	return func() (R, error) { return b.wait(ctx, it) }, nil
+}
 
+// wait waits for the result of it, or marks it abandoned when its deadline or
+// ctx's passes first.
+func (b *Batcher[P, R]) wait(ctx context.Context, it *item[P, R]) (R, error) {
+	var zero R
 	var timeout <-chan time.Time
-	if !req.Deadline.IsZero() {
-		t := time.NewTimer(req.Deadline.Sub(b.now()))
+	if !it.req.Deadline.IsZero() {
+		t := time.NewTimer(it.req.Deadline.Sub(b.now()))
 		defer t.Stop()
 		timeout = t.C
 	}
@@ -313,8 +373,17 @@ func (b *Batcher[P, R]) compute(ctx context.Context, items []*item[P, R]) {
 	if err == nil && len(results) != len(items) {
 		err = fmt.Errorf("batcher: run returned %d results for %d requests", len(results), len(items))
 	}
+	took := b.now().Sub(start)
+	if err == nil {
+		// Weighted by rows, the pace is what the queue drains at: large
+		// batches of short texts and small ones of long texts alike.
+		b.mu.Lock()
+		b.paceRows = 0.8*b.paceRows + float64(len(items))
+		b.paceTime = 0.8*b.paceTime + float64(took)
+		b.mu.Unlock()
+	}
 	if b.obs != nil {
-		b.obs.BatchDone(len(items), batch.RealTokens, batch.PaddedTokens, b.now().Sub(start), err)
+		b.obs.BatchDone(len(items), batch.RealTokens, batch.PaddedTokens, took, err)
 	}
 	for i, it := range items {
 		release(it.req)
@@ -438,18 +507,24 @@ func (b *Batcher[P, R]) groupSize(group string, class Priority) (rows, tokens in
 }
 
 // take removes and returns the batch around head: requests of head's group,
-// the head's class first, then lower classes, chosen in a window of similar
-// lengths around the head's, within MaxRows and MaxTokens.
+// the head's class first, then lower classes, chosen among the oldest
+// Window of each in a window of similar lengths around the head's, within
+// MaxRows, MaxTokens and MinFill.
 func (b *Batcher[P, R]) take(head *item[P, R], class Priority) []*item[P, R] {
 	chosen := []*item[P, R]{head}
 	longest := head.req.Cost
+	filled := head.req.Cost + b.cfg.RowOverhead
 	fits := func(cost int) bool {
-		l := max(longest, cost)
-		return len(chosen) < b.cfg.MaxRows && (len(chosen)+1)*(l+b.cfg.RowOverhead) <= b.cfg.MaxTokens
+		padded := (len(chosen) + 1) * (max(longest, cost) + b.cfg.RowOverhead)
+		return len(chosen) < b.cfg.MaxRows && padded <= b.cfg.MaxTokens &&
+			float64(filled+cost+b.cfg.RowOverhead) >= b.cfg.MinFill*float64(padded)
 	}
 	for p := class; p < numPriorities && len(chosen) < b.cfg.MaxRows; p++ {
 		var cands []*item[P, R]
-		for _, it := range b.queues[p] {
+		for i, it := range b.queues[p] {
+			if b.cfg.Window > 0 && i >= b.cfg.Window {
+				break
+			}
 			if it != head && it.req.Group == head.req.Group {
 				cands = append(cands, it)
 			}
@@ -468,6 +543,7 @@ func (b *Batcher[P, R]) take(head *item[P, R], class Priority) []*item[P, R] {
 			}
 			chosen = append(chosen, it)
 			longest = max(longest, it.req.Cost)
+			filled += it.req.Cost + b.cfg.RowOverhead
 		}
 	}
 	taken := make(map[*item[P, R]]bool, len(chosen))

@@ -158,6 +158,145 @@ func TestTokenBudgetAndLengthWindows(t *testing.T) {
 	}
 }
 
+// TestMinFillKeepsPaddingDown queues short and long requests that the row
+// limit and the token budget would let share batches: with MinFill, every
+// batch stays at least that full, and the one long request still runs (in
+// a batch of its own).
+func TestMinFillKeepsPaddingDown(t *testing.T) {
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers, cfg.MaxRows, cfg.MaxTokens, cfg.RowOverhead, cfg.MinFill = 1, 8, 1000, 2, 0.8
+	b := newTest(t, cfg, e)
+	occupy(t, b, e)
+	costs := map[int]int{}
+	var wg sync.WaitGroup
+	// Payloads 1-3 cost 4, 4-6 cost 6, 7 costs 40: 4 and 6 may share a
+	// batch (fill (3·6 + 3·8)/(6·8) = 0.875), 40 joins neither.
+	for i := 1; i <= 7; i++ {
+		switch {
+		case i <= 3:
+			costs[i] = 4
+		case i <= 6:
+			costs[i] = 6
+		default:
+			costs[i] = 40
+		}
+		wg.Add(1)
+		go func(i, cost int) {
+			defer wg.Done()
+			if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: cost, Payload: i}); err != nil {
+				t.Errorf("request %d: %v", i, err)
+			}
+		}(i, costs[i])
+	}
+	waitDepth(t, b, Live, 7)
+	for i := 0; i < 3; i++ {
+		e.gate <- struct{}{}
+	}
+	wg.Wait()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.batches) != 3 {
+		t.Fatalf("%d batches, want the occupying one, one of the short requests and one of the long", len(e.batches))
+	}
+	for _, batch := range e.batches[1:] {
+		rows := len(batch.Payloads)
+		fill := float64(batch.RealTokens+rows*cfg.RowOverhead) / float64(batch.PaddedTokens+rows*cfg.RowOverhead)
+		if fill < cfg.MinFill {
+			t.Errorf("batch %v is %.2f full, below MinFill %.2f", batch.Payloads, fill, cfg.MinFill)
+		}
+		if rows != 6 && !(rows == 1 && batch.Payloads[0] == 7) {
+			t.Errorf("batch %v: want the six short requests together and the long one alone", batch.Payloads)
+		}
+	}
+}
+
+// TestWindowKeepsArrivalOrder: with a window of two, the oldest request
+// shares its batch with the next oldest, not with a later one of its own
+// length.
+func TestWindowKeepsArrivalOrder(t *testing.T) {
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers, cfg.MaxRows, cfg.Window = 1, 2, 2
+	b := newTest(t, cfg, e)
+	occupy(t, b, e)
+	var wg sync.WaitGroup
+	for i, cost := range []int{10, 2, 10} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.Submit(context.Background(), Request[int]{Group: "g", Cost: cost, Payload: i + 1})
+		}()
+		waitDepth(t, b, Live, i+1) // queued in this order
+	}
+	for i := 0; i < 3; i++ {
+		e.gate <- struct{}{}
+	}
+	wg.Wait()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if got := fmt.Sprint(e.batches[1].Payloads); got != "[1 2]" {
+		t.Fatalf("first batch after the occupying one: %s, want [1 2] (the two oldest)", got)
+	}
+}
+
+// TestBacklogFollowsThePace runs on a fake clock that every batch
+// advances by 20ms plus 5ms a row: the estimate counts the queued requests
+// of the priority and above at the recent time per row, batches weighted
+// by their rows.
+func TestBacklogFollowsThePace(t *testing.T) {
+	var clock atomic.Int64
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers, cfg.MaxRows, cfg.MaxDelay, cfg.Window = 1, 4, 0, 4
+	b, err := New(cfg, func(ctx context.Context, batch *Batch[int]) ([]string, error) {
+		clock.Add(int64(20*time.Millisecond) + int64(len(batch.Payloads))*int64(5*time.Millisecond))
+		return e.run(ctx, batch)
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.Start(ctx)
+	defer func() {
+		close(e.gate)
+		_ = b.Close(context.Background())
+	}()
+
+	var answered sync.WaitGroup
+	submitN := func(p Priority, n, from int) {
+		for i := 0; i < n; i++ {
+			answered.Go(func() {
+				b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: from + i, Priority: p})
+			})
+		}
+		waitDepth(t, b, p, n)
+	}
+	occupy(t, b, e)
+	if _, ok := b.Backlog(Live, 1); ok {
+		t.Fatal("an estimate before any batch ran")
+	}
+	submitN(Live, 4, 1)
+	e.gate <- struct{}{} // the occupying batch ends (1 row, 25ms); the four rows run (40ms)
+	<-e.entered
+	e.gate <- struct{}{}
+	answered.Wait()
+	occupy(t, b, e)
+	submitN(Live, 3, 10)
+	submitN(Replay, 2, 20)
+	// (0.8·25ms + 40ms) / (0.8·1 + 4) = 12.5ms a row; later rows may share
+	// batches within the window of 4.
+	near := func(d, want time.Duration) bool { return d > want-time.Microsecond && d < want+time.Microsecond }
+	if d, ok := b.Backlog(Live, 2); !ok || !near(d, 9*12500*time.Microsecond) {
+		t.Errorf("live backlog = %v, %v; want 112.5ms (3 queued + 2 new + a window of 4 rows at 12.5ms)", d, ok)
+	}
+	if d, ok := b.Backlog(Replay, 1); !ok || !near(d, 10*12500*time.Microsecond) {
+		t.Errorf("replay backlog = %v, %v; want 125ms (3 live + 2 replay queued + 1 new + a window of 4)", d, ok)
+	}
+}
+
 // occupy keeps the single worker busy with one batch until the test
 // releases it through the gate.
 func occupy(t *testing.T, b *Batcher[int, string], e *echo) {
@@ -341,7 +480,9 @@ func TestReleaseIsCalledOnceWhateverHappens(t *testing.T) {
 	<-expired
 	e.gate <- struct{}{}
 	<-done
-	// 2 is released when a worker drops it from the queue.
+	// 2 is released when the worker drops it from the queue; until then it
+	// fills the queue of one and 4 would be refused.
+	waitDepth(t, b, Live, 0)
 	next := make(chan struct{})
 	go func() { b.Submit(context.Background(), req(4, time.Time{})); close(next) }()
 	<-e.entered

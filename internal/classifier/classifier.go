@@ -70,7 +70,7 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxTexts, "max-texts", 64, "most texts in one /v1/classify request")
 	fs.IntVar(&c.MaxTextBytes, "max-text-bytes", 4096, "longest text accepted, in bytes")
 	fs.IntVar(&c.MaxTextTokens, "max-text-tokens", 256, "texts longer than this many tokens are truncated (and flagged)")
-	fs.IntVar(&c.MaxBatchRows, "max-batch-rows", 64, "most texts in one model batch")
+	fs.IntVar(&c.MaxBatchRows, "max-batch-rows", 0, "most texts in one model batch (0: 64 on CUDA, 16 on the CPU)")
 	fs.IntVar(&c.MaxBatchTokens, "max-batch-tokens", 8192, "token budget of one model batch: rows × padded length")
 	fs.DurationVar(&c.MaxQueueDelay, "max-queue-delay", 10*time.Millisecond, "longest a text waits for others to fill its batch")
 	fs.IntVar(&c.QueueLive, "queue-live", 4096, "most queued live texts; more are rejected with 429")
@@ -92,8 +92,8 @@ func (c *Component) validate() error {
 		return errors.New("-workers must be positive")
 	case c.MaxTexts <= 0 || c.MaxTextBytes <= 0 || c.MaxTextTokens <= 0:
 		return errors.New("-max-texts, -max-text-bytes and -max-text-tokens must be positive")
-	case c.MaxBatchRows <= 0 || c.MaxBatchTokens <= 0:
-		return errors.New("-max-batch-rows and -max-batch-tokens must be positive")
+	case c.MaxBatchRows < 0 || c.MaxBatchTokens <= 0:
+		return errors.New("-max-batch-rows must not be negative and -max-batch-tokens must be positive")
 	case c.QueueLive <= 0 || c.QueueReplay <= 0:
 		return errors.New("-queue-live and -queue-replay must be positive")
 	case c.DefaultDL <= 0 || c.MaxDL < c.DefaultDL:
@@ -170,10 +170,13 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 
+	if c.MaxBatchRows == 0 {
+		c.MaxBatchRows = defaultBatchRows(dev)
+	}
 	met := newMetrics(rt.Metrics)
 	b, err := batcher.New(batcher.Config{
 		MaxRows: c.MaxBatchRows, MaxTokens: c.MaxBatchTokens,
-		RowOverhead: labelBlockTokens(reg), MaxDelay: c.MaxQueueDelay,
+		RowOverhead: labelBlockTokens(reg), MinFill: batchMinFill, Window: batchWindow * c.MaxBatchRows, MaxDelay: c.MaxQueueDelay,
 		QueueSize: [2]int{c.QueueLive, c.QueueReplay}, Workers: c.Workers,
 	}, eng.run, met)
 	if err != nil {
@@ -202,6 +205,38 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	return nil
 }
 
+// defaultBatchRows is -max-batch-rows when it is not set. On a GPU a batch
+// takes about as long with 64 rows as with a few, so larger batches are
+// throughput for free. On the CPU a batch's time grows with its rows from
+// a handful on (a row costs about as much as a batch's fixed cost), so
+// batches beyond 16 rows add no throughput, only latency for every text in
+// them, and their rows span more lengths (see cmd/emobench).
+func defaultBatchRows(dev tensor.Device) int {
+	if dev.IsCUDA() {
+		return 64
+	}
+	return 16
+}
+
+// batchMinFill is the least share of a batch's computed tokens that are
+// its texts' own (the batcher's MinFill): a text that would pad its batch
+// further waits for a batch of lengths nearer its own. On the CPU, where a
+// row costs about as much as a batch's fixed cost, 15% padding in a batch
+// of 16 texts costs about as much as one more batch (see cmd/emobench).
+const batchMinFill = 0.85
+
+// batchWindow is how many batches' worth of the oldest queued texts a
+// batch's rows are chosen from (the batcher's Window): enough to group
+// texts by length, few enough that requests finish in about the order they
+// came, each soon after its first text is computed.
+const batchWindow = 4
+
+// backlogMargin is how much longer than its estimate (in percent) a
+// request's backlog may take and still make the deadline for the request to
+// be accepted: the pace of the last batches can slow (other load on the
+// machine, smaller batches), and the batch in progress is not counted.
+const backlogMargin = 125
+
 // labelBlockTokens is the number of label tokens a row of the default
 // adapter carries (the batcher's per-row overhead).
 func labelBlockTokens(reg *adapters.Registry) int {
@@ -219,6 +254,9 @@ type server struct {
 	batcher  *batcher.Batcher[job, model.Result]
 	met      *metrics
 	draining atomic.Bool
+	// admit makes checking the backlog and queueing a request's texts one
+	// step.
+	admit sync.Mutex
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -322,31 +360,52 @@ func (s *server) classify(w http.ResponseWriter, r *http.Request) {
 	info := adapters.Info(h.Adapter, false)
 	adapter = info.Ref()
 
+	tokens := make([][]int64, len(req.Texts))
+	for i, text := range req.Texts {
+		if tokens[i] = s.eng.encode(text); len(tokens[i]) == 0 {
+			// Text that tokenizes to nothing (only control characters) is
+			// still a message: classify it as a single space.
+			tokens[i] = s.eng.encode(" ")
+		}
+	}
 	ctx, cancel := context.WithDeadline(r.Context(), received.Add(deadline))
 	defer cancel()
 	results := make([]model.Result, len(req.Texts))
 	errs := make([]error, len(req.Texts))
 	var wg sync.WaitGroup
-	for i, text := range req.Texts {
-		tokens := s.eng.encode(text)
-		if len(tokens) == 0 {
-			// Text that tokenizes to nothing (only control characters) is
-			// still a message: classify it as a single space.
-			tokens = s.eng.encode(" ")
-		}
-		wg.Add(1)
+	// Texts that cannot all be computed before the deadline at the current
+	// pace are refused now, before they cost anything: accepted, they would
+	// be computed in part, then dropped at the deadline, and take the
+	// worker's time from requests that can still make theirs. Checking and
+	// queueing under one lock keeps concurrent requests from all passing
+	// the check against the same queue.
+	s.admit.Lock()
+	if backlog, ok := s.batcher.Backlog(prio, len(req.Texts)); ok && time.Since(received)+backlog*backlogMargin/100 > deadline {
+		s.admit.Unlock()
+		outcome = "overloaded"
+		s.met.dropped.WithLabelValues(prio.String(), "overloaded").Add(float64(len(req.Texts)))
+		writeError(w, http.StatusTooManyRequests, classifyapi.CodeOverloaded,
+			fmt.Sprintf("the queue needs about %s, more than the deadline of %s; retry later", backlog.Round(time.Millisecond), deadline))
+		return
+	}
+	for i := range req.Texts {
 		hold := h.Share()
-		go func() {
-			defer wg.Done()
-			results[i], errs[i] = s.batcher.Submit(ctx, batcher.Request[job]{
-				Group: groupOf(h.Adapter), Cost: h.Scorer.RowTokens(len(tokens)), Priority: prio,
-				Payload: job{adapter: hold, tokens: tokens}, Release: hold.Release,
-			})
-			if errs[i] != nil {
+		wait, err := s.batcher.Enqueue(ctx, batcher.Request[job]{
+			Group: groupOf(h.Adapter), Cost: h.Scorer.RowTokens(len(tokens[i])), Priority: prio,
+			Payload: job{adapter: hold, tokens: tokens[i]}, Release: hold.Release,
+		})
+		if err != nil {
+			errs[i] = err
+			cancel() // the request fails as a whole: free the rows queued so far
+			break
+		}
+		wg.Go(func() {
+			if results[i], errs[i] = wait(); errs[i] != nil {
 				cancel() // the request fails as a whole: free the rest of its rows
 			}
-		}()
+		})
 	}
+	s.admit.Unlock()
 	wg.Wait()
 	if err := firstError(errs); err != nil {
 		switch {

@@ -344,3 +344,28 @@ func TestAdminLoadsUnloadsAndSetsDefault(t *testing.T) {
 		t.Fatalf("unloading twice: %d", code)
 	}
 }
+
+// TestRefusesWhatCannotMakeItsDeadline: once the worker knows its pace, a
+// request whose texts cannot be computed before its deadline is refused at
+// once with 429 (and costs nothing), instead of being queued and dropped
+// at the deadline with 504; requests with time to spare still succeed.
+func TestRefusesWhatCannotMakeItsDeadline(t *testing.T) {
+	modelDir, adaptersDir := setup(t)
+	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir, "-adapters-dir="+adaptersDir, "-max-batch-rows=4")
+	base := "http://" + c.RT.Addr
+	texts := make([]string, 64)
+	for i := range texts {
+		texts[i] = fmt.Sprintf("message number %d, which is long enough to cost a few tokens", i)
+	}
+	// Learn the pace.
+	if code, _, _ := classify(t, base, classifyapi.ClassifyRequest{Texts: texts}); code != 200 {
+		t.Fatalf("first request: status %d", code)
+	}
+	code, _, bad := classify(t, base, classifyapi.ClassifyRequest{Texts: texts, DeadlineMs: 1})
+	if code != http.StatusTooManyRequests || bad.Error.Code != classifyapi.CodeOverloaded || !strings.Contains(bad.Error.Message, "deadline") {
+		t.Fatalf("64 texts with a 1 ms deadline: status %d %+v, want 429 %s", code, bad.Error, classifyapi.CodeOverloaded)
+	}
+	if code, resp, _ := classify(t, base, classifyapi.ClassifyRequest{Texts: texts, DeadlineMs: 60_000}); code != 200 || len(resp.Results) != len(texts) {
+		t.Fatalf("64 texts with a minute: status %d, %d results", code, len(resp.Results))
+	}
+}
