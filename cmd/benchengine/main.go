@@ -1,0 +1,375 @@
+// Command benchengine measures how many chat messages per second the engine
+// labels with the seven Ekman emotions (model.Scorer.Score in static
+// batches of messages sorted by length) and how many Hugging Face
+// transformers labels, in PyTorch eager mode with the same weights, dtype,
+// thread count, prompt and exact label probabilities
+// (tools/reference/bench_hf.py, driven from here so that the two sides'
+// runs interleave). It prints the medians and, on its last line,
+// engine_vs_hf_eager=<ratio>. "./task bench:engine" runs it.
+//
+// The model is internal/benchmodel's: ChatGLM3-6B's architecture at a small
+// size (4 layers, hidden 512, 8 heads in 2 key/value groups, FFN 1376, the
+// full 65,024-token vocabulary; 77.7 million parameters, 66.6 million of
+// them in the embeddings and the output layer) with random weights and a
+// SentencePiece tokenizer trained on GoEmotions. The engine loads it as
+// written (THUDM's tensor names); transformers loads a copy of the same
+// weights in its GlmForCausalLM layout. The messages are GoEmotions test
+// texts inside the default prompt template (internal/prompt).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emoflow/emoflow/internal/benchmodel"
+	"github.com/emoflow/emoflow/internal/model"
+	"github.com/emoflow/emoflow/internal/tensor"
+	"github.com/emoflow/emoflow/internal/tokenizer"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "benchengine:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command line.
+type options struct {
+	data, python, script  string
+	attention, cpuProfile string
+	dtypes                []tensor.DType
+	batches               []int
+	strategies            []string
+	messages, repeats     int
+	threads               int
+	withHF                bool
+}
+
+func parseOptions(args []string) (options, error) {
+	cache := os.Getenv("EMOFLOW_CACHE")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache", "emoflow")
+	}
+	python := os.Getenv("EMOFLOW_PYTHON")
+	if python == "" {
+		python = filepath.Join(cache, "venv", "bin", "python")
+	}
+	data := filepath.Join("..", "shared", "data")
+	if s := os.Getenv("EMOFLOW_SHARED"); s != "" {
+		data = filepath.Join(s, "data")
+	}
+	var o options
+	fs := flag.NewFlagSet("benchengine", flag.ContinueOnError)
+	fs.StringVar(&o.data, "data", data, "shared data folder (GoEmotions)")
+	fs.StringVar(&o.python, "python", python, "Python with torch and transformers (EMOFLOW_PYTHON)")
+	fs.StringVar(&o.script, "hf-script", filepath.Join("tools", "reference", "bench_hf.py"), "the transformers side")
+	fs.StringVar(&o.attention, "hf-attention", "eager", "transformers attention implementation (transformers 4.46 allows sdpa only from torch 2.1.1 on)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the engine side) to this file")
+	dtypes := fs.String("dtypes", "float32,bfloat16", "compute dtypes, comma-separated")
+	batches := fs.String("batches", "8,16,32,64", "static batch sizes (messages), comma-separated")
+	strategies := fs.String("hf-strategies", "kv,kv-shared", "transformers scoring strategies (see bench_hf.py: kv, kv-shared, full; full is several times slower), comma-separated")
+	fs.IntVar(&o.messages, "messages", 256, "GoEmotions test messages to score (0: all)")
+	fs.IntVar(&o.repeats, "repeats", 3, "rounds: passes over the messages per configuration (medians are reported)")
+	fs.IntVar(&o.threads, "threads", runtime.NumCPU(), "intra-op threads of both sides")
+	fs.BoolVar(&o.withHF, "hf", true, "measure transformers too")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	for _, s := range strings.Split(*dtypes, ",") {
+		dt, err := tensor.ParseDType(s)
+		if err != nil || (dt != tensor.Float32 && dt != tensor.BFloat16) {
+			return o, fmt.Errorf("-dtypes: %q is not float32 or bfloat16", s)
+		}
+		o.dtypes = append(o.dtypes, dt)
+	}
+	for _, s := range strings.Split(*batches, ",") {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			return o, fmt.Errorf("-batches: %q is not a positive number", s)
+		}
+		o.batches = append(o.batches, n)
+	}
+	for _, s := range strings.Split(*strategies, ",") {
+		if s != "kv" && s != "kv-shared" && s != "full" {
+			return o, fmt.Errorf("-hf-strategies: %q is not kv, kv-shared or full", s)
+		}
+		o.strategies = append(o.strategies, s)
+	}
+	if o.repeats <= 0 || o.threads <= 0 {
+		return o, fmt.Errorf("-repeats and -threads must be positive")
+	}
+	return o, nil
+}
+
+// config names one measured configuration.
+type config struct {
+	side     string // "engine" or "transformers"
+	dtype    tensor.DType
+	batch    int
+	strategy string // transformers only
+}
+
+func (c config) String() string {
+	s := fmt.Sprintf("%-12s %-8s batch %3d", c.side, c.dtype, c.batch)
+	if c.strategy != "" {
+		s += " " + c.strategy
+	}
+	return s
+}
+
+func run(ctx context.Context, args []string) error {
+	o, err := parseOptions(args)
+	if err != nil {
+		return err
+	}
+	tensor.SetThreads(o.threads)
+	modelDir, err := benchmodel.Ensure(ctx, o.data)
+	if err != nil {
+		return err
+	}
+	hfDir, err := hfCopy(modelDir)
+	if err != nil {
+		return err
+	}
+	tok, err := tokenizer.Load(modelDir, tokenizer.Options{})
+	if err != nil {
+		return err
+	}
+	w, p, err := buildWorkload(o.data, tok, o.messages)
+	if err != nil {
+		return err
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	b := &bench{o: o, w: w, scorers: map[tensor.DType]*model.Scorer{},
+		passes: map[config][]pass{}, agreement: map[tensor.DType]string{}}
+	defer b.close()
+	if err := b.loadEngine(modelDir, p); err != nil {
+		return err
+	}
+	describe(w, p, tok, b.labelBlock, o)
+	if o.withHF {
+		if err := b.startHF(hfDir); err != nil {
+			return err
+		}
+	}
+	if err := b.measure(ctx); err != nil {
+		return err
+	}
+	report(o, w, b.labelBlock, b.passes, b.agreement)
+	return nil
+}
+
+// bench is one run: the engine's scorers, the transformers process and the
+// figures so far.
+type bench struct {
+	o          options
+	w          *workload
+	scorers    map[tensor.DType]*model.Scorer
+	labelBlock int // the engine's label block, in tokens
+	closers    []func()
+	hf         *hfSide
+
+	passes    map[config][]pass // in round order
+	agreement map[tensor.DType]string
+}
+
+// loadEngine loads the model in every dtype and warms each scorer up, so
+// that libtorch's lazy initialisation stays out of the timing.
+func (b *bench) loadEngine(modelDir string, p model.Prompt) error {
+	for _, dt := range b.o.dtypes {
+		m, err := model.Load(modelDir, model.Options{DType: dt})
+		if err != nil {
+			return err
+		}
+		b.closers = append(b.closers, m.Close)
+		sc, err := model.NewScorer(m, p, model.ScorerOptions{})
+		if err != nil {
+			return err
+		}
+		b.closers = append(b.closers, sc.Close)
+		b.labelBlock = sc.LabelTokens()
+		if _, err := sc.Score(b.w.batches(slices.Max(b.o.batches))[0]); err != nil {
+			return err
+		}
+		b.scorers[dt] = sc
+	}
+	return nil
+}
+
+// startHF writes the workload for bench_hf.py and starts it on hfDir.
+func (b *bench) startHF(hfDir string) error {
+	f, err := os.CreateTemp("", "benchengine-workload-*.json")
+	if err != nil {
+		return fmt.Errorf("workload: %w", err)
+	}
+	f.Close()
+	b.closers = append(b.closers, func() { os.Remove(f.Name()) })
+	if err := b.w.write(f.Name()); err != nil {
+		return err
+	}
+	b.hf, err = startHF(b.o.python, b.o.script, hfDir, f.Name(), b.o.attention, b.o.threads)
+	return err
+}
+
+// close ends the transformers process and frees the engine, last opened
+// first.
+func (b *bench) close() {
+	if b.hf != nil {
+		if err := b.hf.close(); err != nil {
+			fmt.Fprintln(os.Stderr, "benchengine:", err)
+		}
+	}
+	for i := len(b.closers) - 1; i >= 0; i-- {
+		b.closers[i]()
+	}
+}
+
+// measure runs -repeats rounds of every configuration. Each engine pass is
+// followed by the transformers passes of the same dtype and batch size, so
+// that both sides meet about the same load of the machine.
+func (b *bench) measure(ctx context.Context) error {
+	n := float64(len(b.w.Texts))
+	for rep := 0; rep < b.o.repeats; rep++ {
+		for _, dt := range b.o.dtypes {
+			for bi, bs := range b.o.batches {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				elapsed, cpu, engineLP, err := scoreAll(b.scorers[dt], b.w, bs)
+				if err != nil {
+					return err
+				}
+				b.record(rep, config{side: "engine", dtype: dt, batch: bs},
+					pass{rate: n / elapsed.Seconds(), cpuMS: 1000 * cpu.Seconds() / n})
+				if b.hf == nil {
+					continue
+				}
+				for _, st := range b.o.strategies {
+					// The first pass of each dtype also checks that both sides
+					// compute the same probabilities.
+					check := rep == 0 && bi == 0 && st == b.o.strategies[0]
+					a, err := b.hf.run(hfRequest{DType: dt.String(), Batch: bs, Strategy: st, LogProbs: check})
+					if err != nil {
+						return err
+					}
+					b.record(rep, config{side: "transformers", dtype: dt, batch: bs, strategy: st},
+						pass{rate: float64(a.Messages) / a.Seconds, cpuMS: 1000 * a.CPUSeconds / float64(a.Messages)})
+					if check {
+						if b.agreement[dt], err = compare(dt, engineLP, a.LogProbs); err != nil {
+							return err
+						}
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// record keeps a pass and shows it.
+func (b *bench) record(rep int, c config, p pass) {
+	b.passes[c] = append(b.passes[c], p)
+	fmt.Fprintf(os.Stderr, "benchengine: round %d: %s: %.1f msgs/s, %.1f CPU ms per message\n", rep+1, c, p.rate, p.cpuMS)
+}
+
+// scoreAll scores every message of w in batches of bs and returns the
+// wall-clock and CPU time and the log-probabilities.
+func scoreAll(sc *model.Scorer, w *workload, bs int) (time.Duration, time.Duration, [][]float64, error) {
+	var logp [][]float64
+	start := time.Now()
+	cpu, err := processCPU()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	for _, b := range w.batches(bs) {
+		res, err := sc.Score(b)
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		for _, r := range res {
+			logp = append(logp, r.LogProbs)
+		}
+	}
+	elapsed := time.Since(start)
+	end, err := processCPU()
+	return elapsed, end - cpu, logp, err
+}
+
+// processCPU is the CPU time of this process so far, all threads
+// (libtorch's included).
+func processCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("cpu time: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
+
+// compare checks that the engine and transformers computed the same
+// label log-probabilities, and describes how close they are.
+func compare(dt tensor.DType, engine, hf [][]float64) (string, error) {
+	if len(engine) != len(hf) {
+		return "", fmt.Errorf("engine scored %d messages, transformers %d", len(engine), len(hf))
+	}
+	worst, same := 0.0, 0
+	for i := range engine {
+		if argmax(engine[i]) == argmax(hf[i]) {
+			same++
+		}
+		for k := range engine[i] {
+			worst = math.Max(worst, math.Abs(engine[i][k]-hf[i][k]))
+		}
+	}
+	// float32 sums in another order differ by far less; anything more
+	// means the two sides are not doing the same work.
+	if dt == tensor.Float32 && !(worst < 1e-2) {
+		return "", fmt.Errorf("engine and transformers disagree by up to %g in a label log-probability (float32): they do not compute the same thing", worst)
+	}
+	return fmt.Sprintf("max |Δ log p| %.2g, same best label for %.1f%% of messages", worst, 100*float64(same)/float64(len(engine))), nil
+}
+
+func argmax(xs []float64) int {
+	best := 0
+	for i, x := range xs {
+		if x > xs[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}

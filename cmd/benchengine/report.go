@@ -1,0 +1,225 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/emoflow/emoflow/internal/benchmodel"
+	"github.com/emoflow/emoflow/internal/model"
+	"github.com/emoflow/emoflow/internal/tensor"
+	"github.com/emoflow/emoflow/internal/tokenizer"
+)
+
+// describe prints what is measured.
+func describe(w *workload, p model.Prompt, tok tokenizer.Tokenizer, labelBlock int, o options) {
+	sp := benchmodel.Spec()
+	fmt.Printf("model: ChatGLM3 architecture, %d layers, hidden %d, %d heads in %d key/value groups, FFN %d, vocabulary %d: %.1fM parameters, random weights\n",
+		sp.Layers, sp.Hidden, sp.Heads, sp.Groups, sp.FFN, sp.Vocab, float64(parameters())/1e6)
+	fmt.Printf("tokenizer: %s, %d tokens (SentencePiece BPE trained on GoEmotions train)\n", tok.Family(), tok.VocabSize())
+	var lens []string
+	for _, l := range p.Labels {
+		lens = append(lens, fmt.Sprint(len(l)))
+	}
+	fmt.Printf("prompt: %d-token prefix (instruction), %d-token suffix; %d labels of %s tokens (a %d-token label block once shared beginnings merge), then stop token %d\n",
+		len(p.Prefix), len(p.Suffix), len(p.Labels), strings.Join(lens, "/"), labelBlock, p.Stop)
+	total := 0
+	for _, t := range w.Texts {
+		total += len(t)
+	}
+	n := len(w.Texts)
+	fmt.Printf("messages: %d GoEmotions test texts, %d to %d tokens (mean %.1f), sorted by length; tokenization %.0f msgs/s\n",
+		n, len(w.Texts[0]), len(w.Texts[n-1]), float64(total)/float64(n), float64(n)/w.tokenizeTime.Seconds())
+	policy := os.Getenv("OMP_WAIT_POLICY")
+	if policy == "" {
+		policy = "unset: idle workers spin a while"
+	}
+	fmt.Printf("threads: %d on each side (OMP_WAIT_POLICY %s); %d passes per configuration, medians reported\n", o.threads, policy, o.repeats)
+	if o.withHF {
+		fmt.Printf("transformers: GlmForCausalLM (a copy of the weights in its layout), %s attention, PyTorch eager\n", o.attention)
+	}
+}
+
+// blockMACs is the multiply-accumulates of one token through one layer's
+// projections (attention scores, a few percent here, left out).
+func blockMACs() int {
+	sp := benchmodel.Spec()
+	hd := sp.Hidden / sp.Heads
+	return sp.Hidden*(sp.Heads+2*sp.Groups)*hd + sp.Heads*hd*sp.Hidden + 3*sp.Hidden*sp.FFN
+}
+
+// parameters counts the model's weights: the projections, the query/key/
+// value biases, the norms, the embeddings and the output layer.
+func parameters() int {
+	sp := benchmodel.Spec()
+	hd := sp.Hidden / sp.Heads
+	perLayer := blockMACs() + (sp.Heads+2*sp.Groups)*hd + 2*sp.Hidden
+	return 2*sp.Vocab*sp.Hidden + sp.Layers*perLayer + sp.Hidden
+}
+
+// work is the computation per message of one way of scoring.
+type work struct {
+	blockTokens, realTokens, outputRows float64
+}
+
+func (wk work) String() string {
+	sp := benchmodel.Spec()
+	blocks := wk.blockTokens * float64(sp.Layers*blockMACs())
+	head := wk.outputRows * float64(sp.Vocab*sp.Hidden)
+	return fmt.Sprintf("%5.1f tokens through the blocks (%2.0f%% padding), %4.1f output-layer rows: %.2f GMAC (%.0f%% in the output layer)",
+		wk.blockTokens, 100*(1-wk.realTokens/wk.blockTokens), wk.outputRows, (blocks+head)/1e9, 100*head/(blocks+head))
+}
+
+// workOf counts the tokens a configuration puts through the blocks and
+// the output layer, per message. labelBlock is the engine's label block.
+func workOf(w *workload, c config, labelBlock int) work {
+	var wk work
+	K := len(w.Labels)
+	labelTotal, labelMax := 0, 0
+	for _, l := range w.Labels {
+		labelTotal += len(l)
+		labelMax = max(labelMax, len(l))
+	}
+	common := commonPrefix(w.Labels)
+	for _, b := range w.batches(c.batch) {
+		rows, longest, real := float64(len(b)), 0, 0
+		for _, t := range b {
+			longest = max(longest, len(t))
+			real += len(t)
+		}
+		prompt := float64(len(w.Prefix) + len(w.Suffix))
+		switch {
+		case c.side == "engine":
+			// The prefix is in the shared past; every label-block position
+			// and the last prompt token predict something.
+			wk.blockTokens += rows * float64(longest+len(w.Suffix)+labelBlock)
+			wk.realTokens += float64(real) + rows*float64(len(w.Suffix)+labelBlock)
+			wk.outputRows += rows * float64(1+labelBlock)
+		case c.strategy == "kv" || c.strategy == "kv-shared":
+			// kv-shared moves the labels' common beginning into the prompt
+			// pass; the label pass carries the rest, padded to the longest.
+			moved := 0
+			if c.strategy == "kv-shared" {
+				moved = common
+			}
+			wk.blockTokens += rows * (float64(longest+moved) + prompt + float64(K*(labelMax-moved)))
+			wk.realTokens += float64(real) + rows*(prompt+float64(labelTotal-(K-1)*moved))
+			wk.outputRows += rows * float64(moved+1+K*(labelMax-moved))
+		default: // a row per label
+			wk.blockTokens += rows * float64(K) * (float64(longest) + prompt + float64(labelMax))
+			wk.realTokens += float64(K*real) + rows*(float64(K)*prompt+float64(labelTotal))
+			wk.outputRows += rows * float64(K*(labelMax+1))
+		}
+	}
+	n := float64(len(w.Texts))
+	return work{wk.blockTokens / n, wk.realTokens / n, wk.outputRows / n}
+}
+
+// commonPrefix is the number of tokens every label starts with, short of
+// the shortest label (as bench_hf.py's kv strategy counts them).
+func commonPrefix(labels [][]int64) int {
+	shortest := len(labels[0])
+	for _, l := range labels {
+		shortest = min(shortest, len(l))
+	}
+	c := 0
+	for ; c+1 < shortest; c++ {
+		for _, l := range labels {
+			if l[c] != labels[0][c] {
+				return c
+			}
+		}
+	}
+	return c
+}
+
+// pass is one pass over the messages.
+type pass struct {
+	rate  float64 // messages per second, wall clock
+	cpuMS float64 // CPU milliseconds per message, all threads of the side's process
+}
+
+// report prints the medians, the best configuration of each side per
+// dtype, their ratios and, last, engine_vs_hf_eager.
+func report(o options, w *workload, labelBlock int, passes map[config][]pass, agreement map[tensor.DType]string) {
+	var configs []config
+	for c := range passes {
+		configs = append(configs, c)
+	}
+	slices.SortFunc(configs, func(a, b config) int {
+		return strings.Compare(fmt.Sprint(a.dtype, a.side, a.strategy, 1000+a.batch), fmt.Sprint(b.dtype, b.side, b.strategy, 1000+b.batch))
+	})
+	rate := func(c config, round int) float64 { return passes[c][round].rate }
+	medianOf := func(c config, f func(pass) float64) float64 {
+		var xs []float64
+		for _, p := range passes[c] {
+			xs = append(xs, f(p))
+		}
+		return median(xs)
+	}
+	medianRate := func(c config) float64 { return medianOf(c, func(p pass) float64 { return p.rate }) }
+	medianCPU := func(c config) float64 { return medianOf(c, func(p pass) float64 { return p.cpuMS }) }
+	fmt.Println("\nmessages per second (median of the passes, every pass in brackets) and CPU ms per message (median):")
+	for _, c := range configs {
+		var runs []string
+		for _, p := range passes[c] {
+			runs = append(runs, fmt.Sprintf("%.1f", p.rate))
+		}
+		fmt.Printf("  %-40s %7.1f   %-24s %6.1f CPU ms\n", c, medianRate(c), "["+strings.Join(runs, " ")+"]", medianCPU(c))
+	}
+	// best is a side's configuration with the highest median rate (within
+	// one round with round >= 0).
+	best := func(side string, dt tensor.DType, round int) (config, float64) {
+		var bc config
+		bv := 0.0
+		for _, c := range configs {
+			if c.side != side || c.dtype != dt {
+				continue
+			}
+			v := medianRate(c)
+			if round >= 0 {
+				v = rate(c, round)
+			}
+			if v > bv {
+				bc, bv = c, v
+			}
+		}
+		return bc, bv
+	}
+	fmt.Println()
+	ratio, fastest, fastestRate := math.Inf(1), tensor.DType(0), 0.0
+	for _, dt := range o.dtypes {
+		ec, ev := best("engine", dt, -1)
+		if ev > fastestRate {
+			fastest, fastestRate = dt, ev
+		}
+		fmt.Printf("%s: engine best at batch %d: %.1f msgs/s, %.1f CPU ms per message\n", dt, ec.batch, ev, medianCPU(ec))
+		fmt.Printf("  engine work per message:       %s\n", workOf(w, ec, labelBlock))
+		if !o.withHF {
+			continue
+		}
+		hc, hv := best("transformers", dt, -1)
+		fmt.Printf("  transformers best: %s, batch %d: %.1f msgs/s, %.1f CPU ms per message\n", hc.strategy, hc.batch, hv, medianCPU(hc))
+		fmt.Printf("  transformers work per message: %s\n", workOf(w, hc, labelBlock))
+		fmt.Printf("  agreement of the label log-probabilities: %s\n", agreement[dt])
+		// Each round's best against best: the two sides' passes of a round
+		// ran minutes apart at most, under about the same load.
+		var rounds []float64
+		for r := 0; r < o.repeats; r++ {
+			_, e := best("engine", dt, r)
+			_, h := best("transformers", dt, r)
+			rounds = append(rounds, e/h)
+		}
+		perRound := median(rounds)
+		fmt.Printf("  engine / transformers: %.2fx (medians), %.2fx (median of each round's best against best), %.2fx in CPU time per message\n",
+			ev/hv, perRound, medianCPU(hc)/medianCPU(ec))
+		ratio = math.Min(ratio, perRound)
+	}
+	fmt.Printf("\nrecommended compute dtype on this CPU: %s (the engine's fastest)\n", fastest)
+	if o.withHF {
+		fmt.Println("engine_vs_hf_eager: the smaller over the dtypes of the median of each round's best against best")
+		fmt.Printf("engine_vs_hf_eager=%.2f\n", ratio)
+	}
+}

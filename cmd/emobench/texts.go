@@ -1,0 +1,105 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/emoflow/emoflow/internal/benchmodel"
+	"github.com/emoflow/emoflow/internal/contract"
+)
+
+// defaultDataDir is EMOFLOW_SHARED/data, or ../shared/data beside the
+// repository the benchmark runs from.
+func defaultDataDir() string {
+	if s := os.Getenv("EMOFLOW_SHARED"); s != "" {
+		return filepath.Join(s, "data")
+	}
+	return filepath.Join("..", "shared", "data")
+}
+
+// benchTexts are the GoEmotions and MELD test texts, normalised as ingest
+// normalises them before classifying; texts that normalise to nothing are
+// left out. With distinct, each text appears once.
+func benchTexts(dataDir string, distinct bool) ([]string, error) {
+	raw, err := benchmodel.Texts(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("benchmark texts: %w", err)
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range raw {
+		t = contract.NormalizeText(t)
+		if t == "" || (distinct && seen[t]) {
+			continue
+		}
+		seen[t] = true
+		out = append(out, t)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("benchmark texts: none in %s", dataDir)
+	}
+	return out, nil
+}
+
+// sample returns n texts drawn from texts without replacement (all of them,
+// shuffled, when n is larger).
+func sample(rng *rand.Rand, texts []string, n int) []string {
+	perm := rng.Perm(len(texts))
+	out := make([]string, 0, min(n, len(texts)))
+	for _, i := range perm[:min(n, len(texts))] {
+		out = append(out, texts[i])
+	}
+	return out
+}
+
+// percentile is the p-th percentile (0..100) of xs by the nearest-rank
+// method; NaN for none.
+func percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	rank := int(math.Ceil(p / 100 * float64(len(s))))
+	return s[min(max(rank-1, 0), len(s)-1)]
+}
+
+// median of xs; NaN for none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// spread formats the median of xs with its range, for repeated
+// measurements.
+func spread(xs []float64, format string) string {
+	if len(xs) == 1 {
+		return fmt.Sprintf(format, xs[0])
+	}
+	return fmt.Sprintf(format+" (min "+format+", max "+format+", n=%d)", median(xs), slices.Min(xs), slices.Max(xs), len(xs))
+}
+
+// parseInts parses a comma-separated list of positive integers.
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		var n int
+		if _, err := fmt.Sscanf(strings.TrimSpace(f), "%d", &n); err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q: want positive integers, comma-separated", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
