@@ -161,6 +161,7 @@ func Load(dir string, base *model.Model, tok tokenizer.Tokenizer, opts Options) 
 		return nil, fmt.Errorf("adapter %s: template: %w", man.Ref(), err)
 	}
 	a := &Adapter{Manifest: man, Dir: dir, Model: base}
+	firstPos := 0
 	switch man.Method {
 	case MethodLoRA:
 		parts, err := readPEFTLoRA(dir, base)
@@ -187,8 +188,13 @@ func Load(dir string, base *model.Model, tok tokenizer.Tokenizer, opts Options) 
 		if a.prefix, err = readPEFTPrefix(dir, base); err != nil {
 			return nil, fmt.Errorf("adapter %s: %w", man.Ref(), err)
 		}
+		// PEFT drops position_ids, and transformers' glm then numbers the
+		// tokens after the virtual ones; THUDM's ChatGLM counts from 0.
+		if base.Config().Layout == model.LayoutHF {
+			firstPos = a.prefix.Len
+		}
 	}
-	a.Scorer, err = model.NewScorer(a.Model, p, model.ScorerOptions{MaxTextTokens: opts.MaxTextTokens, LoRA: a.lora, AdapterPast: a.prefix})
+	a.Scorer, err = model.NewScorer(a.Model, p, model.ScorerOptions{MaxTextTokens: opts.MaxTextTokens, LoRA: a.lora, AdapterPast: a.prefix, AdapterPastPositions: firstPos})
 	if err != nil {
 		a.Close()
 		return nil, fmt.Errorf("adapter %s: %w", man.Ref(), err)

@@ -135,7 +135,13 @@ func loadPrefixEncoderInto(w *weightLoader, c Config, m *Model) (*KV, error) {
 	P := int64(c.PreSeqLen)
 	var past *tensor.Tensor
 	if c.PrefixProjection {
-		emb, err := w.load("transformer.prefix_encoder.embedding.weight", P, int64(c.Hidden))
+		// The projection's input is the hidden size in ChatGLM-6B's
+		// PrefixEncoder and the whole key/value width in ChatGLM2/3's.
+		width := kvSize
+		if c.Arch == ArchGLM1 {
+			width = int64(c.Hidden)
+		}
+		emb, err := w.load("transformer.prefix_encoder.embedding.weight", P, width)
 		if err != nil {
 			return nil, err
 		}
@@ -144,7 +150,7 @@ func loadPrefixEncoderInto(w *weightLoader, c Config, m *Model) (*KV, error) {
 			return nil, fmt.Errorf("prefix_projection is on but the checkpoint lacks transformer.prefix_encoder.trans.0.weight")
 		}
 		inner := shape[0]
-		w0, err := w.load("transformer.prefix_encoder.trans.0.weight", inner, int64(c.Hidden))
+		w0, err := w.load("transformer.prefix_encoder.trans.0.weight", inner, width)
 		if err != nil {
 			return nil, err
 		}

@@ -47,8 +47,11 @@ type Scorer struct {
 	// prefixInPast is true when Prompt.Prefix is in past (causal models);
 	// otherwise the prefix is part of every row's tokens.
 	prefixInPast bool
-	lora         *LoRA
-	trie         *labelTrie
+	// firstPos is the rotary position of the first token after the
+	// adapter's past (see ScorerOptions.AdapterPastPositions).
+	firstPos int
+	lora     *LoRA
+	trie     *labelTrie
 }
 
 // Result is one text's scores.
@@ -76,6 +79,11 @@ type ScorerOptions struct {
 	// RecomputePrefix turns shared-prefix reuse off, so that every row
 	// computes the prompt prefix itself (for checks and benchmarks).
 	RecomputePrefix bool
+	// AdapterPastPositions is the rotary position of the first token after
+	// AdapterPast: 0 as THUDM's ChatGLM numbers tokens after a P-tuning
+	// prefix, AdapterPast.Len for PEFT prefix tuning on transformers' glm,
+	// which numbers tokens after the virtual ones.
+	AdapterPastPositions int
 }
 
 // NewScorer prepares p on m.
@@ -112,7 +120,7 @@ func NewScorer(m *Model, p Prompt, opts ScorerOptions) (*Scorer, error) {
 	if opts.LoRA != nil && opts.LoRA.m != m {
 		return nil, fmt.Errorf("LoRA update built for another model")
 	}
-	sc := &Scorer{m: m, p: p, MaxTextTokens: maxTextTokens, lora: opts.LoRA, trie: newLabelTrie(p.Labels)}
+	sc := &Scorer{m: m, p: p, MaxTextTokens: maxTextTokens, lora: opts.LoRA, trie: newLabelTrie(p.Labels), firstPos: opts.AdapterPastPositions}
 	if adapterPast == nil {
 		adapterPast = m.prefix
 	}
@@ -150,7 +158,7 @@ func (sc *Scorer) prefixKV(adapterPast *KV) (*KV, error) {
 		b.LoRA = []*LoRA{sc.lora}
 	}
 	for i := 0; i < n; i++ {
-		b.Pos[i] = int64(i)
+		b.Pos[i] = int64(sc.firstPos + i)
 		for j := 0; j < P+n; j++ {
 			b.Visible[i*(P+n)+j] = j < P || j-P <= i
 		}
@@ -399,9 +407,9 @@ func newLayout(rows []Row) (*layout, error) {
 			b.LoRA[r] = sc.lora
 		}
 		n, rowPast := len(prompt), pastLenOf(sc)
-		posBase := 0 // rotary position of the row's first own token
+		posBase := sc.firstPos // rotary position of the row's first own token
 		if sc.prefixInPast {
-			posBase = len(sc.p.Prefix)
+			posBase += len(sc.p.Prefix)
 		}
 		trie := sc.trie
 		total := len(trie.token)
