@@ -61,8 +61,8 @@ type Config struct {
 	// Window, when positive, is how many of the oldest queued requests of
 	// each class a batch's rows are chosen from. Requests are then computed
 	// about in the order they came, so a caller's texts finish together
-	// and early, rather than all callers' late, and Backlog's estimates
-	// hold; within the window, rows are still grouped by length.
+	// and early, rather than all callers' late; within the window, rows
+	// are still grouped by length.
 	Window int
 	// MinFill, when positive, is the least share of a batch's padded size
 	// (rows × (longest cost + RowOverhead)) that its rows fill (the sum of
@@ -227,16 +227,19 @@ func (b *Batcher[P, R]) Depth(p Priority) int {
 // Backlog estimates how long the workers need for the queued requests of
 // priority p and the more urgent ones, plus rows more, at the pace of the
 // recent batches (their compute time over their rows): how long until rows
-// queued now are computed. Rows that come later can share their batches
-// within the Window, so a Window's worth is counted too. ok is false until
-// a batch has run.
+// queued now are computed. ok is false until a batch has run.
+//
+// Only rows actually queued count: an estimate that added rows which may
+// come later would, after a spell of small (slow per row) batches, refuse
+// every request on an idle worker, and with nothing run the pace would
+// never recover.
 func (b *Batcher[P, R]) Backlog(p Priority, rows int) (d time.Duration, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.paceRows == 0 || p < 0 || p >= numPriorities {
 		return 0, false
 	}
-	queued := b.cfg.Window
+	queued := 0
 	for q := Live; q <= p; q++ {
 		queued += len(b.queues[q])
 	}

@@ -286,14 +286,13 @@ func TestBacklogFollowsThePace(t *testing.T) {
 	occupy(t, b, e)
 	submitN(Live, 3, 10)
 	submitN(Replay, 2, 20)
-	// (0.8·25ms + 40ms) / (0.8·1 + 4) = 12.5ms a row; later rows may share
-	// batches within the window of 4.
+	// (0.8·25ms + 40ms) / (0.8·1 + 4) = 12.5ms a row.
 	near := func(d, want time.Duration) bool { return d > want-time.Microsecond && d < want+time.Microsecond }
-	if d, ok := b.Backlog(Live, 2); !ok || !near(d, 9*12500*time.Microsecond) {
-		t.Errorf("live backlog = %v, %v; want 112.5ms (3 queued + 2 new + a window of 4 rows at 12.5ms)", d, ok)
+	if d, ok := b.Backlog(Live, 2); !ok || !near(d, 5*12500*time.Microsecond) {
+		t.Errorf("live backlog = %v, %v; want 62.5ms (3 queued + 2 new rows at 12.5ms)", d, ok)
 	}
-	if d, ok := b.Backlog(Replay, 1); !ok || !near(d, 10*12500*time.Microsecond) {
-		t.Errorf("replay backlog = %v, %v; want 125ms (3 live + 2 replay queued + 1 new + a window of 4)", d, ok)
+	if d, ok := b.Backlog(Replay, 1); !ok || !near(d, 6*12500*time.Microsecond) {
+		t.Errorf("replay backlog = %v, %v; want 75ms (3 live + 2 replay queued + 1 new)", d, ok)
 	}
 }
 
