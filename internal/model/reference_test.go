@@ -3,9 +3,6 @@ package model
 import (
 	"archive/zip"
 	"bytes"
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +10,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -80,47 +76,11 @@ type refVariant struct {
 	Shards      int    `json:"shards"`
 }
 
-// skipOrFail skips the test, or fails it when EMOFLOW_TEST_REQUIRE_SERVICES=1
-// (CI must not pass by skipping).
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("EMOFLOW_TEST_REQUIRE_SERVICES") == "1" {
-		t.Fatalf(format+" (EMOFLOW_TEST_REQUIRE_SERVICES=1)", args...)
-	}
-	t.Skipf(format, args...)
-}
-
 // referenceCheckpoints returns the folder the tool wrote and its manifest,
 // running the tool when the cache lacks its current output.
 func referenceCheckpoints(t *testing.T) (string, refManifest) {
 	t.Helper()
-	python := os.Getenv("EMOFLOW_PYTHON")
-	if python == "" {
-		skipOrFail(t, "EMOFLOW_PYTHON is not set: the reference Python with torch and transformers (scripts/setup.sh pyref makes $EMOFLOW_CACHE/venv/bin/python)")
-	}
-	tools := filepath.Join(testenv.RepoRoot(t), "tools", "reference")
-	h := sha256.New()
-	for _, f := range []string{"glm_checkpoints.py", "requirements.txt"} {
-		b, err := os.ReadFile(filepath.Join(tools, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(h, "%s:%d:", f, len(b))
-		h.Write(b)
-	}
-	cache := os.Getenv("EMOFLOW_CACHE")
-	if cache == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cache = filepath.Join(home, ".cache", "emoflow")
-	}
-	parent := filepath.Join(cache, "testdata", "model")
-	dir := filepath.Join(parent, "glm-"+hex.EncodeToString(h.Sum(nil))[:16])
-	if _, err := os.Stat(filepath.Join(dir, "manifest.json")); err != nil {
-		generateReference(t, python, filepath.Join(tools, "glm_checkpoints.py"), parent, dir)
-	}
+	dir := testenv.ReferenceOutput(t, "model", "glm_checkpoints.py")
 	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -133,30 +93,6 @@ func referenceCheckpoints(t *testing.T) (string, refManifest) {
 		t.Fatalf("%s lists no variants or no cases", dir)
 	}
 	return dir, man
-}
-
-// generateReference runs the tool into a temporary folder beside dir and
-// renames it into place, so that concurrent runs never see half of it.
-func generateReference(t *testing.T, python, script, parent, dir string) {
-	t.Helper()
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	tmp, err := os.MkdirTemp(parent, ".build-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(tmp)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, python, script, tmp).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", python, script, err, out)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		if _, statErr := os.Stat(filepath.Join(dir, "manifest.json")); statErr != nil {
-			t.Fatal(err) // not a concurrent run that got there first
-		}
-	}
 }
 
 // batch is the case as an engine batch. Padding positions see only

@@ -23,16 +23,6 @@ import (
 // shared data sets, cache them outside the repository, and compare this
 // package with the Python reference libraries on every line of the data.
 
-// skipOrFail skips the test, or fails it when EMOFLOW_TEST_REQUIRE_SERVICES=1
-// (as in CI, which must not pass by skipping).
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("EMOFLOW_TEST_REQUIRE_SERVICES") == "1" {
-		t.Fatalf(format+" (EMOFLOW_TEST_REQUIRE_SERVICES=1)", args...)
-	}
-	t.Skipf(format, args...)
-}
-
 // referenceEnv is what the parity tests need from the machine.
 type referenceEnv struct {
 	python   string // the reference venv's interpreter
@@ -45,21 +35,13 @@ func newReferenceEnv(t testing.TB) referenceEnv {
 	t.Helper()
 	python := os.Getenv("EMOFLOW_PYTHON")
 	if python == "" {
-		skipOrFail(t, "EMOFLOW_PYTHON is not set: the reference Python (scripts/setup.sh makes $EMOFLOW_CACHE/venv)")
+		testenv.SkipOrFail(t, "EMOFLOW_PYTHON is not set: the reference Python (scripts/setup.sh makes $EMOFLOW_CACHE/venv)")
 	}
 	spmTrain, err := exec.LookPath("spm_train")
 	if err != nil {
-		skipOrFail(t, "spm_train (Debian package sentencepiece) is not installed: %v", err)
+		testenv.SkipOrFail(t, "spm_train (Debian package sentencepiece) is not installed: %v", err)
 	}
-	cache := os.Getenv("EMOFLOW_CACHE")
-	if cache == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cache = filepath.Join(home, ".cache", "emoflow")
-	}
-	cache = filepath.Join(cache, "testdata", "tokenizer")
+	cache := testenv.CacheDir(t, "tokenizer")
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		t.Fatal(err)
 	}
