@@ -46,6 +46,8 @@ type Component struct {
 	MaxTextTokens  int
 	MaxBatchRows   int
 	MaxBatchTokens int
+	BatchMinFill   float64
+	BatchWindow    int
 	MaxQueueDelay  time.Duration
 	QueueLive      int
 	QueueReplay    int
@@ -72,6 +74,12 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxTextTokens, "max-text-tokens", 256, "texts longer than this many tokens are truncated (and flagged)")
 	fs.IntVar(&c.MaxBatchRows, "max-batch-rows", 0, "most texts in one model batch (0: 64 on CUDA, 16 on the CPU)")
 	fs.IntVar(&c.MaxBatchTokens, "max-batch-tokens", 8192, "token budget of one model batch: rows × padded length")
+	// On the CPU a row costs about as much as a batch's fixed cost, so 15%
+	// padding in a batch of 16 costs about one more batch; a window of 4
+	// batches groups texts by length while requests still finish in about
+	// the order they came (see cmd/emobench).
+	fs.Float64Var(&c.BatchMinFill, "batch-min-fill", 0.85, "least share of a batch's computed tokens that are its texts' own: a text that would pad a batch more waits for one nearer its length (0 turns it off)")
+	fs.IntVar(&c.BatchWindow, "batch-window", 4, "batches' worth of the oldest queued texts a batch is chosen from (0: the whole queue)")
 	fs.DurationVar(&c.MaxQueueDelay, "max-queue-delay", 10*time.Millisecond, "longest a text waits for others to fill its batch")
 	fs.IntVar(&c.QueueLive, "queue-live", 4096, "most queued live texts; more are rejected with 429")
 	fs.IntVar(&c.QueueReplay, "queue-replay", 8192, "most queued replay texts; more are rejected with 429")
@@ -92,6 +100,8 @@ func (c *Component) validate() error {
 		return errors.New("-workers must be positive")
 	case c.MaxTexts <= 0 || c.MaxTextBytes <= 0 || c.MaxTextTokens <= 0:
 		return errors.New("-max-texts, -max-text-bytes and -max-text-tokens must be positive")
+	case c.BatchMinFill < 0 || c.BatchMinFill > 1 || c.BatchWindow < 0:
+		return errors.New("-batch-min-fill must be between 0 and 1 and -batch-window must not be negative")
 	case c.MaxBatchRows < 0 || c.MaxBatchTokens <= 0:
 		return errors.New("-max-batch-rows must not be negative and -max-batch-tokens must be positive")
 	case c.QueueLive <= 0 || c.QueueReplay <= 0:
@@ -176,7 +186,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	met := newMetrics(rt.Metrics)
 	b, err := batcher.New(batcher.Config{
 		MaxRows: c.MaxBatchRows, MaxTokens: c.MaxBatchTokens,
-		RowOverhead: labelBlockTokens(reg), MinFill: batchMinFill, Window: batchWindow * c.MaxBatchRows, MaxDelay: c.MaxQueueDelay,
+		RowOverhead: labelBlockTokens(reg), MinFill: c.BatchMinFill, Window: c.BatchWindow * c.MaxBatchRows, MaxDelay: c.MaxQueueDelay,
 		QueueSize: [2]int{c.QueueLive, c.QueueReplay}, Workers: c.Workers,
 	}, eng.run, met)
 	if err != nil {
@@ -217,19 +227,6 @@ func defaultBatchRows(dev tensor.Device) int {
 	}
 	return 16
 }
-
-// batchMinFill is the least share of a batch's computed tokens that are
-// its texts' own (the batcher's MinFill): a text that would pad its batch
-// further waits for a batch of lengths nearer its own. On the CPU, where a
-// row costs about as much as a batch's fixed cost, 15% padding in a batch
-// of 16 texts costs about as much as one more batch (see cmd/emobench).
-const batchMinFill = 0.85
-
-// batchWindow is how many batches' worth of the oldest queued texts a
-// batch's rows are chosen from (the batcher's Window): enough to group
-// texts by length, few enough that requests finish in about the order they
-// came, each soon after its first text is computed.
-const batchWindow = 4
 
 // backlogMargin is how much longer than its estimate (in percent) a
 // request's backlog may take and still make the deadline for the request to
