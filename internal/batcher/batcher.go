@@ -67,8 +67,10 @@ type Config struct {
 	// MinFill, when positive, is the least share of a batch's padded size
 	// (rows × (longest cost + RowOverhead)) that its rows fill (the sum of
 	// cost + RowOverhead): a request that would pad the batch below it is
-	// left for a later batch of lengths nearer its own. The batch's first
-	// request is always taken, so every request is computed in the end.
+	// left for a later batch of lengths nearer its own, when more than
+	// MaxRows requests are queued (at light load padding costs nothing but
+	// a request held back waits a batch more). The batch's first request is
+	// always taken, so every request is computed in the end.
 	MinFill float64
 	// MaxDelay is the longest a request waits for others to fill its batch.
 	MaxDelay time.Duration
@@ -517,30 +519,42 @@ func (b *Batcher[P, R]) take(head *item[P, R], class Priority) []*item[P, R] {
 	chosen := []*item[P, R]{head}
 	longest := head.req.Cost
 	filled := head.req.Cost + b.cfg.RowOverhead
-	fits := func(cost int) bool {
-		padded := (len(chosen) + 1) * (max(longest, cost) + b.cfg.RowOverhead)
-		return len(chosen) < b.cfg.MaxRows && padded <= b.cfg.MaxTokens &&
-			float64(filled+cost+b.cfg.RowOverhead) >= b.cfg.MinFill*float64(padded)
-	}
-	for p := class; p < numPriorities && len(chosen) < b.cfg.MaxRows; p++ {
-		var cands []*item[P, R]
+	var cands [numPriorities][]*item[P, R]
+	queued := 1
+	for p := class; p < numPriorities; p++ {
 		for i, it := range b.queues[p] {
 			if b.cfg.Window > 0 && i >= b.cfg.Window {
 				break
 			}
 			if it != head && it.req.Group == head.req.Group {
-				cands = append(cands, it)
+				cands[p] = append(cands[p], it)
 			}
 		}
+		queued += len(cands[p])
+	}
+	// MinFill only holds a request back when there are more than a batch's
+	// rows to choose from: otherwise the worker would have no other work for
+	// the time the padding costs, and holding it back adds a batch to its
+	// latency for nothing.
+	minFill := b.cfg.MinFill
+	if queued <= b.cfg.MaxRows {
+		minFill = 0
+	}
+	fits := func(cost int) bool {
+		padded := (len(chosen) + 1) * (max(longest, cost) + b.cfg.RowOverhead)
+		return len(chosen) < b.cfg.MaxRows && padded <= b.cfg.MaxTokens &&
+			float64(filled+cost+b.cfg.RowOverhead) >= minFill*float64(padded)
+	}
+	for p := class; p < numPriorities && len(chosen) < b.cfg.MaxRows; p++ {
 		// Closest lengths to the head's first; among equals, the oldest.
-		sort.SliceStable(cands, func(i, j int) bool {
-			di, dj := abs(cands[i].req.Cost-head.req.Cost), abs(cands[j].req.Cost-head.req.Cost)
+		sort.SliceStable(cands[p], func(i, j int) bool {
+			di, dj := abs(cands[p][i].req.Cost-head.req.Cost), abs(cands[p][j].req.Cost-head.req.Cost)
 			if di != dj {
 				return di < dj
 			}
-			return cands[i].seq < cands[j].seq
+			return cands[p][i].seq < cands[p][j].seq
 		})
-		for _, it := range cands {
+		for _, it := range cands[p] {
 			if !fits(it.req.Cost) {
 				continue
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -170,9 +171,10 @@ func TestMinFillKeepsPaddingDown(t *testing.T) {
 	occupy(t, b, e)
 	costs := map[int]int{}
 	var wg sync.WaitGroup
-	// Payloads 1-3 cost 4, 4-6 cost 6, 7 costs 40: 4 and 6 may share a
-	// batch (fill (3·6 + 3·8)/(6·8) = 0.875), 40 joins neither.
-	for i := 1; i <= 7; i++ {
+	// Payloads 1-3 cost 4, 4-6 cost 6, 7-9 cost 40: 4 and 6 may share a
+	// batch (fill (3·6 + 3·8)/(6·8) = 0.875), 40 joins neither. Nine
+	// requests are more than a batch's rows, so MinFill holds.
+	for i := 1; i <= 9; i++ {
 		switch {
 		case i <= 3:
 			costs[i] = 4
@@ -189,7 +191,7 @@ func TestMinFillKeepsPaddingDown(t *testing.T) {
 			}
 		}(i, costs[i])
 	}
-	waitDepth(t, b, Live, 7)
+	waitDepth(t, b, Live, 9)
 	for i := 0; i < 3; i++ {
 		e.gate <- struct{}{}
 	}
@@ -205,9 +207,53 @@ func TestMinFillKeepsPaddingDown(t *testing.T) {
 		if fill < cfg.MinFill {
 			t.Errorf("batch %v is %.2f full, below MinFill %.2f", batch.Payloads, fill, cfg.MinFill)
 		}
-		if rows != 6 && !(rows == 1 && batch.Payloads[0] == 7) {
-			t.Errorf("batch %v: want the six short requests together and the long one alone", batch.Payloads)
+		if got := fmt.Sprint(slices.Sorted(slices.Values(batch.Payloads))); got != "[1 2 3 4 5 6]" && got != "[7 8 9]" {
+			t.Errorf("batch %v: want the six short requests together and the long ones together", batch.Payloads)
 		}
+	}
+}
+
+// TestMinFillWaivedAtLightLoad: when every queued request fits one batch,
+// a long one joins the short ones rather than wait for a batch of its own
+// (the worker has nothing else to do meanwhile).
+func TestMinFillWaivedAtLightLoad(t *testing.T) {
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers, cfg.MaxRows, cfg.MaxTokens, cfg.RowOverhead, cfg.MinFill = 1, 8, 1000, 2, 0.8
+	b := newTest(t, cfg, e)
+	occupy(t, b, e)
+	var wg sync.WaitGroup
+	for i, cost := range []int{4, 4, 40} {
+		wg.Go(func() {
+			if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: cost, Payload: i + 1}); err != nil {
+				t.Errorf("request %d: %v", i+1, err)
+			}
+		})
+	}
+	waitDepth(t, b, Live, 3)
+	// Release every batch, however many there are.
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case e.gate <- struct{}{}:
+			case <-done:
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	<-stopped
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.batches) != 2 || len(e.batches[1].Payloads) != 3 {
+		var got [][]int
+		for _, b := range e.batches {
+			got = append(got, b.Payloads)
+		}
+		t.Fatalf("batches %v, want the occupying one and one of all three", got)
 	}
 }
 
