@@ -116,31 +116,18 @@ func TestTokenBudgetAndLengthWindows(t *testing.T) {
 	// Occupy the worker so everything below queues up first.
 	occupy(t, b, e)
 	costs := map[int]int{}
-	var wg sync.WaitGroup
 	for i := 1; i <= 8; i++ {
-		cost := 2
+		costs[i] = 2
 		if i%2 == 0 {
-			cost = 10
+			costs[i] = 10
 		}
-		costs[i] = cost
-		wg.Add(1)
-		go func(i, cost int) {
-			defer wg.Done()
-			b.Submit(context.Background(), Request[int]{Group: "g", Cost: cost, Payload: i})
-		}(i, cost)
 	}
-	waitDepth(t, b, Live, 8)
+	batches := runQueued(t, b, e, costs)
 	// The occupying batch, then two batches of four.
-	for i := 0; i < 3; i++ {
-		e.gate <- struct{}{}
+	if len(batches) != 2 {
+		t.Fatalf("%d batches after the occupying one, want two of four", len(batches))
 	}
-	wg.Wait()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.batches) != 3 {
-		t.Fatalf("%d batches, want the occupying one and two of four", len(e.batches))
-	}
-	for _, batch := range e.batches[1:] {
+	for _, batch := range batches {
 		longest := 0
 		for _, p := range batch.Payloads {
 			longest = max(longest, costs[p])
@@ -169,39 +156,15 @@ func TestMinFillKeepsPaddingDown(t *testing.T) {
 	cfg.Workers, cfg.MaxRows, cfg.MaxTokens, cfg.RowOverhead, cfg.MinFill = 1, 8, 1000, 2, 0.8
 	b := newTest(t, cfg, e)
 	occupy(t, b, e)
-	costs := map[int]int{}
-	var wg sync.WaitGroup
 	// Payloads 1-3 cost 4, 4-6 cost 6, 7-9 cost 40: 4 and 6 may share a
 	// batch (fill (3·6 + 3·8)/(6·8) = 0.875), 40 joins neither. Nine
 	// requests are more than a batch's rows, so MinFill holds.
-	for i := 1; i <= 9; i++ {
-		switch {
-		case i <= 3:
-			costs[i] = 4
-		case i <= 6:
-			costs[i] = 6
-		default:
-			costs[i] = 40
-		}
-		wg.Add(1)
-		go func(i, cost int) {
-			defer wg.Done()
-			if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: cost, Payload: i}); err != nil {
-				t.Errorf("request %d: %v", i, err)
-			}
-		}(i, costs[i])
+	costs := map[int]int{1: 4, 2: 4, 3: 4, 4: 6, 5: 6, 6: 6, 7: 40, 8: 40, 9: 40}
+	batches := runQueued(t, b, e, costs)
+	if len(batches) != 2 {
+		t.Fatalf("%d batches after the occupying one, want one of the short requests and one of the long", len(batches))
 	}
-	waitDepth(t, b, Live, 9)
-	for i := 0; i < 3; i++ {
-		e.gate <- struct{}{}
-	}
-	wg.Wait()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.batches) != 3 {
-		t.Fatalf("%d batches, want the occupying one, one of the short requests and one of the long", len(e.batches))
-	}
-	for _, batch := range e.batches[1:] {
+	for _, batch := range batches {
 		rows := len(batch.Payloads)
 		fill := float64(batch.RealTokens+rows*cfg.RowOverhead) / float64(batch.PaddedTokens+rows*cfg.RowOverhead)
 		if fill < cfg.MinFill {
@@ -222,38 +185,13 @@ func TestMinFillWaivedAtLightLoad(t *testing.T) {
 	cfg.Workers, cfg.MaxRows, cfg.MaxTokens, cfg.RowOverhead, cfg.MinFill = 1, 8, 1000, 2, 0.8
 	b := newTest(t, cfg, e)
 	occupy(t, b, e)
-	var wg sync.WaitGroup
-	for i, cost := range []int{4, 4, 40} {
-		wg.Go(func() {
-			if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: cost, Payload: i + 1}); err != nil {
-				t.Errorf("request %d: %v", i+1, err)
-			}
-		})
-	}
-	waitDepth(t, b, Live, 3)
-	// Release every batch, however many there are.
-	done, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		for {
-			select {
-			case e.gate <- struct{}{}:
-			case <-done:
-				return
-			}
-		}
-	}()
-	wg.Wait()
-	close(done)
-	<-stopped
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.batches) != 2 || len(e.batches[1].Payloads) != 3 {
+	batches := runQueued(t, b, e, map[int]int{1: 4, 2: 4, 3: 40})
+	if len(batches) != 1 {
 		var got [][]int
-		for _, b := range e.batches {
+		for _, b := range batches {
 			got = append(got, b.Payloads)
 		}
-		t.Fatalf("batches %v, want the occupying one and one of all three", got)
+		t.Fatalf("batches %v after the occupying one, want one of all three", got)
 	}
 }
 
@@ -340,6 +278,39 @@ func TestBacklogFollowsThePace(t *testing.T) {
 	if d, ok := b.Backlog(Replay, 1); !ok || !near(d, 6*12500*time.Microsecond) {
 		t.Errorf("replay backlog = %v, %v; want 75ms (3 live + 2 replay queued + 1 new)", d, ok)
 	}
+}
+
+// runQueued submits one request per payload with its cost while occupy
+// holds the worker, waits until all are queued, then lets every batch run
+// until all are answered; it returns the batches after the occupying one.
+func runQueued(t *testing.T, b *Batcher[int, string], e *echo, costs map[int]int) []*Batch[int] {
+	t.Helper()
+	var wg sync.WaitGroup
+	for p, cost := range costs {
+		wg.Go(func() {
+			if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: cost, Payload: p}); err != nil {
+				t.Errorf("request %d: %v", p, err)
+			}
+		})
+	}
+	waitDepth(t, b, Live, len(costs))
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case e.gate <- struct{}{}:
+			case <-done:
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	<-stopped
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.batches[1:])
 }
 
 // occupy keeps the single worker busy with one batch until the test
