@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -10,10 +9,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emoflow/emoflow/internal/service"
+	"github.com/emoflow/emoflow/internal/testenv"
 )
 
 // component is a service (classifier, ingest, sink) running in this process
@@ -24,25 +23,7 @@ type component struct {
 	rt     *service.Runtime
 	cancel context.CancelFunc
 	done   chan error
-	logs   *lockedBuffer
-}
-
-// lockedBuffer keeps a component's log for when it fails.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs   *testenv.LogBuffer
 }
 
 // startComponent runs c as name with args and waits until /readyz would
@@ -50,7 +31,7 @@ func (b *lockedBuffer) String() string {
 // EMOFLOW_* variables of the shell cannot change what is measured.
 func startComponent(ctx context.Context, name string, c service.Component, args ...string) (*component, error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	comp := &component{name: name, cancel: cancel, done: make(chan error, 1), logs: &lockedBuffer{}}
+	comp := &component{name: name, cancel: cancel, done: make(chan error, 1), logs: &testenv.LogBuffer{}}
 	started := make(chan *service.Runtime, 1)
 	args = append([]string{"-http-addr=127.0.0.1:0", "-log-level=warn", "-shutdown-timeout=60s"}, args...)
 	noEnv := func(string) (string, bool) { return "", false }

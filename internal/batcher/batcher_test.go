@@ -148,8 +148,8 @@ func TestTokenBudgetAndLengthWindows(t *testing.T) {
 
 // TestMinFillKeepsPaddingDown queues short and long requests that the row
 // limit and the token budget would let share batches: with MinFill, every
-// batch stays at least that full, and the one long request still runs (in
-// a batch of its own).
+// batch stays at least that full, and the long requests still run (in a
+// batch of their own).
 func TestMinFillKeepsPaddingDown(t *testing.T) {
 	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
 	cfg := baseConfig()
