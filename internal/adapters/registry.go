@@ -314,6 +314,9 @@ func (r *Registry) Sync(root string) {
 	seen := map[string]bool{}
 	for _, f := range append(dirs, nested...) {
 		dir := filepath.Clean(filepath.Dir(f))
+		if hiddenBelow(root, dir) {
+			continue // work in progress: emoctl train's state, half-written copies
+		}
 		seen[dir] = true
 		r.mu.Lock()
 		var known *entry
@@ -349,6 +352,21 @@ func (r *Registry) Sync(root string) {
 			r.log.Error("adapter folder removed but the adapter stays", "adapter", ref, "err", err)
 		}
 	}
+}
+
+// hiddenBelow reports whether a folder on the path from root to dir starts
+// with a dot.
+func hiddenBelow(root, dir string) bool {
+	rel, err := filepath.Rel(root, dir)
+	if err != nil {
+		return false
+	}
+	for _, part := range strings.Split(rel, string(filepath.Separator)) {
+		if strings.HasPrefix(part, ".") && part != "." && part != ".." {
+			return true
+		}
+	}
+	return false
 }
 
 // reload replaces the version loaded from dir (ref) with the folder's

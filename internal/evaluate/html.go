@@ -167,6 +167,15 @@ func (r ComparisonReport) WriteHTML(w io.Writer) error {
 		newBarChart(a.Labels, []series{{"share in a", colourA, shareA}, {"share in b", colourB, shareB}})})
 }
 
+// Page writes a self-contained HTML page in the reports' style around
+// body (other reports, such as emoctl train's, share the look).
+func Page(w io.Writer, title string, body template.HTML) error {
+	return pages.ExecuteTemplate(w, "page", struct {
+		Title string
+		Body  template.HTML
+	}{title, body})
+}
+
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"f4":    func(v float64) string { return fmt.Sprintf("%.4f", v) },
 	"pct":   func(v float64) string { return fmt.Sprintf("%.1f%%", 100*v) },
@@ -185,6 +194,11 @@ th:first-child,td:first-child{text-align:left}th{background:#f5f5f5}
 .kpi b{display:block;font-size:1.4em}.muted{color:#666}code{font-size:.92em}
 svg text{font:12px system-ui,sans-serif}
 </style></head><body>{{end}}
+
+{{define "page"}}{{template "head" .Title}}
+{{.Body}}
+</body></html>
+{{end}}
 
 {{define "heat"}}<svg width="{{.Width}}" height="{{.Height}}" role="img">
 <text x="{{.Width}}" y="14" text-anchor="end" fill="#666">columns: {{.ColTitle}}; rows: {{.RowTitle}}; shade: share of the row</text>

@@ -53,6 +53,17 @@ func (m *Model) TargetModule(name string) (mod Module, rowStart, rows int, err e
 	return 0, 0, 0, fmt.Errorf("unknown target module %q (want query_key_value, dense, dense_h_to_4h, dense_4h_to_h, or q_proj, k_proj, v_proj, o_proj, gate_up_proj, down_proj)", name)
 }
 
+// TargetShape is the [rows, in] shape of a LoRA update's B·A on the
+// checkpoint module name (see TargetModule).
+func (m *Model) TargetShape(name string) (rows, in int, err error) {
+	mod, _, rows, err := m.TargetModule(name)
+	if err != nil {
+		return 0, 0, err
+	}
+	_, in = m.moduleShape(mod)
+	return rows, in, nil
+}
+
 // moduleShape is the [out, in] shape of a canonical projection.
 func (m *Model) moduleShape(mod Module) (out, in int) {
 	c := m.cfg
@@ -88,6 +99,9 @@ type LoRAPart struct {
 // projection (q, k, v) are stacked: A's rows concatenated, B block-diagonal.
 type loraModule struct {
 	a, b *tensor.Tensor
+	// dropout is PEFT's lora_dropout, applied to the update's input in
+	// training only (BindLoRA); served adapters have none.
+	dropout float64
 }
 
 // LoRA is a set of low-rank updates on a model, ready to be applied per
@@ -345,7 +359,7 @@ func (m *Model) stack(s *tensor.Scope, lb *loraBatch, layer int, mod Module) sta
 // project is a block's linear projection plus the low-rank updates of the
 // rows that carry one.
 func (m *Model) project(s *tensor.Scope, x, w, b *tensor.Tensor, layer int, mod Module, lb *loraBatch) *tensor.Tensor {
-	y := s.Linear(x, w, b)
+	y := m.linear(s, x, w, b)
 	if lb == nil {
 		return y
 	}
@@ -354,11 +368,24 @@ func (m *Model) project(s *tensor.Scope, x, w, b *tensor.Tensor, layer int, mod 
 		if u == nil {
 			return y
 		}
-		return s.Add(y, s.Linear(s.Linear(x, u.a, nil), u.b, nil))
+		return s.Add(y, m.linear(s, m.linear(s, s.Dropout(x, u.dropout), u.a, nil), u.b, nil))
 	}
 	st := m.stack(s, lb, layer, mod)
 	if st.a == nil {
 		return y
 	}
 	return s.Add(y, s.Linear(s.Mul(s.Linear(x, st.a, nil), st.mask), st.b, nil))
+}
+
+// linear is x·wᵀ + b, in Options.Autocast's dtype when one is set (the
+// result is converted back to the compute dtype).
+func (m *Model) linear(s *tensor.Scope, x, w, b *tensor.Tensor) *tensor.Tensor {
+	ac := m.opts.Autocast
+	if ac == 0 || ac == m.opts.DType {
+		return s.Linear(x, w, b)
+	}
+	if b != nil {
+		b = s.ToDType(b, ac)
+	}
+	return s.ToDType(s.Linear(s.ToDType(x, ac), s.ToDType(w, ac), b), m.opts.DType)
 }

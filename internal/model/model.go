@@ -22,8 +22,12 @@ type Options struct {
 	Device tensor.Device
 	// DType is the compute dtype: Float32 for parity checks, BFloat16 on
 	// CPUs with AVX-512 BF16 and on GPUs, Float16 on GPUs.
-	DType  tensor.DType
-	Logger *slog.Logger
+	DType tensor.DType
+	// Autocast, when set to another dtype than DType, computes the linear
+	// layers in it while weights and the other operations stay in DType:
+	// PyTorch's autocast, for training float32 weights at bfloat16 speed.
+	Autocast tensor.DType
+	Logger   *slog.Logger
 }
 
 // Model is a loaded checkpoint. Its methods are safe for concurrent use:

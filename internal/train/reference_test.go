@@ -1,0 +1,241 @@
+package train
+
+import (
+	"encoding/json"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/emoflow/emoflow/internal/model"
+	"github.com/emoflow/emoflow/internal/tensor"
+	"github.com/emoflow/emoflow/internal/testenv"
+)
+
+// referenceRun is tools/reference/train_reference.py's output: the loss,
+// gradients and one AdamW step that torch and PEFT compute for a batch.
+type referenceRun struct {
+	dir    string
+	Base   string `json:"base"`
+	Prompt struct {
+		Prefix []int64   `json:"prefix"`
+		Suffix []int64   `json:"suffix"`
+		Labels [][]int64 `json:"labels"`
+		Stop   int64     `json:"stop"`
+	} `json:"prompt"`
+	Rows    []model.LossRow `json:"-"`
+	RawRows []struct {
+		Text  []int64 `json:"text"`
+		Label int     `json:"label"`
+	} `json:"rows"`
+	Optimizer struct {
+		LR          float64   `json:"lr"`
+		Betas       []float64 `json:"betas"`
+		Eps         float64   `json:"eps"`
+		WeightDecay float64   `json:"weight_decay"`
+		ClipNorm    float64   `json:"clip_norm"`
+	} `json:"optimizer"`
+	Cases map[string]struct {
+		Method    string  `json:"method"`
+		Init      string  `json:"init"`
+		Grads     string  `json:"grads"`
+		AfterStep string  `json:"after_step"`
+		Loss      float64 `json:"loss"`
+		GradNorm  float64 `json:"grad_norm"`
+		LossAfter float64 `json:"loss_after"`
+		Targets   int     `json:"targets"`
+	} `json:"cases"`
+}
+
+func loadReferenceRun(t *testing.T) *referenceRun {
+	t.Helper()
+	dir := testenv.ReferenceOutput(t, "train", "train_reference.py", "glm_checkpoints.py", "peft_adapters.py")
+	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &referenceRun{dir: dir}
+	if err := json.Unmarshal(raw, r); err != nil {
+		t.Fatal(err)
+	}
+	for _, row := range r.RawRows {
+		r.Rows = append(r.Rows, model.LossRow{Text: row.Text, Label: row.Label})
+	}
+	return r
+}
+
+// methodFromInit builds the trainable form of a reference case's initial
+// adapter, as emoctl train -init does.
+func methodFromInit(t *testing.T, base *model.Model, dir string) method {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(1, 1))
+	var m method
+	var err error
+	if raw, e := os.ReadFile(filepath.Join(dir, "adapter_config.json")); e == nil {
+		var c LoRAConfig
+		if err := json.Unmarshal(raw, &c); err != nil {
+			t.Fatal(err)
+		}
+		m, err = newLoRA(base, c, rng)
+	} else {
+		raw, e := os.ReadFile(filepath.Join(dir, "config.json"))
+		if e != nil {
+			t.Fatal(e)
+		}
+		var c PrefixConfig
+		if err := json.Unmarshal(raw, &c); err != nil {
+			t.Fatal(err)
+		}
+		m, err = newPrefix(base, c, false, rng)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { freeParams(m.params()) })
+	file, err := adapterFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := loadInto(m.params(), file, tensor.CPU); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestTrainingStepMatchesPEFT: from the same initial adapter and batch, the
+// engine's loss, gradients, clipped AdamW update and the loss after it are
+// torch + PEFT's, for LoRA (plain and rsLoRA) and P-tuning v2 (with and
+// without the projection).
+func TestTrainingStepMatchesPEFT(t *testing.T) {
+	ref := loadReferenceRun(t)
+	base, err := model.Load(filepath.Join(ref.dir, ref.Base), model.Options{DType: tensor.Float32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	p := model.Prompt{Prefix: ref.Prompt.Prefix, Suffix: ref.Prompt.Suffix, Labels: ref.Prompt.Labels, Stop: ref.Prompt.Stop}
+	for name, c := range ref.Cases {
+		t.Run(name, func(t *testing.T) {
+			m := methodFromInit(t, base, filepath.Join(ref.dir, c.Init))
+			loss := func() (float64, model.LossStats) {
+				s := tensor.NewScope()
+				defer s.Close()
+				s.SetGrad(true)
+				tu, err := m.tuning(s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				l, st, err := base.PromptLoss(s, p, ref.Rows, tu, model.LossOptions{PadTo: 8})
+				if err != nil {
+					t.Fatal(err)
+				}
+				v := s.Scalar(l)
+				s.Backward(l)
+				if err := s.Err(); err != nil {
+					t.Fatal(err)
+				}
+				return v, st
+			}
+			got, st := loss()
+			if st.Targets != c.Targets {
+				t.Fatalf("%d target tokens, the reference %d", st.Targets, c.Targets)
+			}
+			if rel := math.Abs(got-c.Loss) / c.Loss; rel > 1e-5 {
+				t.Fatalf("loss %.7f, PEFT %.7f (relative %.2g)", got, c.Loss, rel)
+			}
+			// Gradients, tensor by tensor, relative to the tensor's largest.
+			want := readTensors(t, filepath.Join(ref.dir, c.Grads))
+			s := tensor.NewScope()
+			for _, prm := range m.params() {
+				g := s.Float32s(s.Grad(prm.t))
+				compareRel(t, "gradient of "+prm.name, g, want[prm.name], 1e-4)
+			}
+			s.Close()
+			var leaves []*tensor.Tensor
+			for _, prm := range m.params() {
+				leaves = append(leaves, prm.t)
+			}
+			o := ref.Optimizer
+			opt, err := NewAdamW(leaves, tensor.CPU, o.Betas[0], o.Betas[1], o.Eps, o.WeightDecay)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer opt.Free()
+			norm, err := opt.ClipAndStep(o.LR, o.ClipNorm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rel := math.Abs(norm-c.GradNorm) / c.GradNorm; rel > 1e-4 {
+				t.Errorf("gradient norm %.6f, torch %.6f", norm, c.GradNorm)
+			}
+			after := readTensors(t, filepath.Join(ref.dir, c.AfterStep))
+			vals, err := values(m.params())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Adam's first update is about ±lr per element whatever the
+			// gradient's size, so an element whose gradient is near 0 turns
+			// a rounding difference into a visible one: compare the
+			// parameters to within 1% of the learning rate.
+			for i, prm := range m.params() {
+				compareAbs(t, "parameter after the step "+prm.name, vals[i], after[prm.name], 0.01*o.LR)
+			}
+			got2, _ := loss()
+			if rel := math.Abs(got2-c.LossAfter) / c.LossAfter; rel > 1e-4 {
+				t.Errorf("loss after the step %.6f, PEFT %.6f", got2, c.LossAfter)
+			}
+		})
+	}
+}
+
+func readTensors(t *testing.T, path string) map[string][]float32 {
+	t.Helper()
+	ckpt, err := model.OpenCheckpoint(filepath.Dir(path), trimExt(filepath.Base(path)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ckpt.Close()
+	out := map[string][]float32{}
+	for _, n := range ckpt.Names() {
+		if out[n], err = ckpt.Float32s(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// compareRel fails when got and want differ anywhere by more than tol times
+// want's largest magnitude.
+func compareRel(t *testing.T, what string, got, want []float32, tol float64) {
+	t.Helper()
+	if len(got) != len(want) || len(want) == 0 {
+		t.Fatalf("%s: %d values, the reference %d", what, len(got), len(want))
+	}
+	scale, diff := 0.0, 0.0
+	for i := range want {
+		scale = math.Max(scale, math.Abs(float64(want[i])))
+		diff = math.Max(diff, math.Abs(float64(got[i])-float64(want[i])))
+	}
+	if scale == 0 {
+		scale = 1
+	}
+	if diff/scale > tol {
+		t.Errorf("%s: max |Δ| %.3g against a largest value of %.3g (relative %.2g > %g)", what, diff, scale, diff/scale, tol)
+	}
+}
+
+// compareAbs fails when got and want differ anywhere by more than tol.
+func compareAbs(t *testing.T, what string, got, want []float32, tol float64) {
+	t.Helper()
+	if len(got) != len(want) || len(want) == 0 {
+		t.Fatalf("%s: %d values, the reference %d", what, len(got), len(want))
+	}
+	diff := 0.0
+	for i := range want {
+		diff = math.Max(diff, math.Abs(float64(got[i])-float64(want[i])))
+	}
+	if diff > tol {
+		t.Errorf("%s: max |Δ| %.3g > %g", what, diff, tol)
+	}
+}
