@@ -22,18 +22,36 @@ run=demo-$(date +%s)
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 model=${EMOFLOW_DEMO_MODEL:-}
+adapter_args=()
 if [ -z "$model" ]; then
-	model=$demo/tiny-model
-	bin/emoctl tiny-model -out "$model"
+	# The demo model: a small ChatGLM3-architecture base pretrained on this
+	# machine and two adapters trained on GoEmotions-ekman, built once by
+	# emoctl demo-model and cached by recipe under $EMOFLOW_CACHE.
+	say "Demo model (built on first use, about 10 minutes; cached afterwards)"
+	built=$(bin/emoctl demo-model -data-dir "${EMOFLOW_SHARED:-../shared}/data")
+	model=$built/base
+	adapter_args=(-adapters-dir "$built/adapters" -default-adapter ekman-lora)
 	cat <<'EOF'
 
   ┌──────────────────────────────────────────────────────────────────────┐
-  │ NOTE: no trained model is configured, so this demo runs a TINY,      │
-  │ RANDOMLY INITIALISED ChatGLM3-architecture model. The pipeline is    │
-  │ real; the labels it assigns are NOT meaningful. Set                  │
-  │ EMOFLOW_DEMO_MODEL=/path/to/checkpoint to use trained weights.       │
+  │ This demo runs a SMALL ChatGLM3-architecture model (about 5 million  │
+  │ parameters, not ChatGLM3-6B) that this machine pretrained from       │
+  │ scratch on the train splits of the shared data sets, with two        │
+  │ adapters trained here by emoctl train on GoEmotions-ekman:           │
+  │   ekman-lora     LoRA r=8 (serves the live traffic)                  │
+  │   ekman-ptuning  P-tuning v2, 32 virtual tokens (loaded beside it)   │
+  │ No pretrained ChatGLM weights can be downloaded here; set            │
+  │ EMOFLOW_DEMO_MODEL=/path/to/chatglm3-6b to use real ones.            │
   └──────────────────────────────────────────────────────────────────────┘
 EOF
+	python3 - "$built/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print("  Measured on the GoEmotions-ekman test split (%d messages, 7 labels; chance is about 0.14):" % s["test_examples"])
+for name in ("base", "ekman-lora", "ekman-ptuning"):
+    e = s["test"][name]
+    print("    %-14s accuracy %.3f   macro-F1 %.3f   weighted F1 %.3f" % (name, e["accuracy"], e["macro_f1"], e["weighted_f1"]))
+PY
 fi
 
 pids=()
@@ -65,7 +83,7 @@ start() { # name addr args...
 }
 
 say "Starting classifier, sink and ingest"
-start classifier 127.0.0.1:8080 -model-dir "$model"
+start classifier 127.0.0.1:8080 -model-dir "$model" "${adapter_args[@]}"
 start sink 127.0.0.1:9102 -kafka-brokers "$kafka" -clickhouse-addr "127.0.0.1:$ch_port" -clickhouse-database "$db"
 start ingest 127.0.0.1:9101 -kafka-brokers "$kafka" -redis-addr "$redis" -classifier-urls http://127.0.0.1:8080
 
@@ -91,8 +109,16 @@ say "Rows by label (this run)"
 q "SELECT label, count() AS rows, round(100 * rows / $n, 1) AS pct FROM $db.events_dedup WHERE message_id LIKE '$run-%' GROUP BY label ORDER BY rows DESC FORMAT PrettyCompact"
 say "Latency and cache (this run)"
 q "SELECT count() AS rows, sum(cache_hit) AS cache_hits, round(quantile(0.5)(pipeline_ms), 1) AS pipeline_p50_ms, round(quantile(0.99)(pipeline_ms), 1) AS pipeline_p99_ms, round(avg(classify_ms), 1) AS classify_avg_ms FROM $db.events_dedup WHERE message_id LIKE '$run-%' FORMAT PrettyCompact"
-say "Agreement with the data sets' ground truth (random model: expect chance)"
+say "Agreement with the data sets' ground truth (this run, the default adapter)"
 q "SELECT countIf(label = true_label) AS agree, count() AS labelled, round(100 * agree / labelled, 1) AS pct FROM $db.events_dedup WHERE message_id LIKE '$run-%' AND true_label != '' FORMAT PrettyCompact"
+
+if [ ${#adapter_args[@]} -gt 0 ]; then
+	say "The two adapters side by side (POST /v1/classify)"
+	for a in ekman-lora ekman-ptuning; do
+		curl -s -XPOST 127.0.0.1:8080/v1/classify -d '{"adapter":"'"$a"'","texts":["I love this, thank you so much!","This is the worst service I have ever had.","I am really worried about my account.","My dog died yesterday.","Wait, what? I did not expect that at all!"]}' |
+			python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-14s" % r["adapter"].split("@")[0], "  ".join("%s (%.2f)" % (x["label"], x["probabilities"][x["label"]]) for x in r["results"]))'
+	done
+fi
 
 cat <<EOF
 

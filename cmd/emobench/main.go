@@ -7,6 +7,8 @@
 //
 //	emobench classifier [flags]   dynamic batching against static batches (./task bench:classifier)
 //	emobench pipeline [flags]     Kafka → ingest → Kafka → sink → ClickHouse (./task bench:pipeline)
+//	emobench train [flags]        adapter training against torch + PEFT, and adapted models
+//	                              against a TF-IDF baseline (./task bench:train)
 //
 // `emobench COMMAND -h` lists a command's flags. Progress goes to stderr,
 // figures to stdout; the last line of stdout holds the ratios as
@@ -37,6 +39,8 @@ func main() {
 		err = runClassifierBench(ctx, log, args)
 	case "pipeline":
 		err = runPipelineBench(ctx, log, args)
+	case "train":
+		err = runTrainBench(ctx, log, args)
 	case "-h", "-help", "--help", "help":
 		usage()
 		return
@@ -58,6 +62,8 @@ commands:
   classifier   the classifier's dynamic batching under open-loop load against static batches of the engine
   pipeline     the whole pipeline on the local Kafka, Redis and ClickHouse: all cached, and all misses
                against the classifier alone
+  train        adapter training: throughput against torch + PEFT, and test-split quality of the
+               demo base with LoRA and P-tuning v2 against a TF-IDF + logistic regression baseline
 
 emobench COMMAND -h lists the command's flags.
 `)

@@ -8,6 +8,10 @@
 //	emoctl replay [flags]           replay a topic range with an adapter as a run
 //	emoctl eval -run R              score a run against its ground truth
 //	emoctl compare -a R1 -b R2      compare two runs
+//	emoctl train [flags]            train an adapter (LoRA, P-tuning v2,
+//	                                prefix tuning) on labelled data
+//	emoctl pretrain [flags]         train a small base model from scratch
+//	emoctl demo-model               build (once, cached) the demo model
 //
 // Run a subcommand with -h for its flags; every flag can also be set by its
 // EMOFLOW_* environment variable.
@@ -36,6 +40,9 @@ func commands() []command {
 		{"replay", "replay a topic range through an adapter as a run (resumable)", replayCommand},
 		{"eval", "score a run against the ground truth of its messages", evalCommand},
 		{"compare", "compare the labels of two runs", compareCommand},
+		{"train", "train a LoRA, P-tuning v2 or prefix-tuning adapter on labelled data", trainCommand},
+		{"pretrain", "train a small ChatGLM3-architecture base model and tokenizer from scratch", pretrainCommand},
+		{"demo-model", "build (once, cached) the demo model: a small base and two adapters trained here", demoModelCommand},
 	}
 }
 

@@ -2,9 +2,11 @@ package train
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -238,4 +240,136 @@ func compareAbs(t *testing.T, what string, got, want []float32, tol float64) {
 	if diff > tol {
 		t.Errorf("%s: max |Δ| %.3g > %g", what, diff, tol)
 	}
+}
+
+// TestTrainedAdaptersLoadInPEFT: adapters the engine trained and wrote load
+// in PEFT (LoRA) and in THUDM's prefix encoder form (P-tuning v2), and give
+// the engine's logits there.
+func TestTrainedAdaptersLoadInPEFT(t *testing.T) {
+	ref := loadReferenceRun(t)
+	python := testenv.Python(t)
+	baseDir := filepath.Join(ref.dir, ref.Base)
+	base, err := model.Load(baseDir, model.Options{DType: tensor.Float32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	p := model.Prompt{Prefix: ref.Prompt.Prefix, Suffix: ref.Prompt.Suffix, Labels: ref.Prompt.Labels, Stop: ref.Prompt.Stop}
+	rows := [][]int64{append(append([]int64{}, p.Prefix...), ref.Rows[0].Text...), ref.Rows[3].Text}
+	for _, name := range []string{"lora-rslora", "ptuning-projection"} {
+		t.Run(name, func(t *testing.T) {
+			c := ref.Cases[name]
+			m := methodFromInit(t, base, filepath.Join(ref.dir, c.Init))
+			var leaves []*tensor.Tensor
+			for _, prm := range m.params() {
+				leaves = append(leaves, prm.t)
+			}
+			opt, err := NewAdamW(leaves, tensor.CPU, 0.9, 0.999, 1e-8, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer opt.Free()
+			for step := 0; step < 3; step++ { // train the adapter away from its initial values
+				s := tensor.NewScope()
+				s.SetGrad(true)
+				tu, err := m.tuning(s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				l, _, err := base.PromptLoss(s, p, ref.Rows, tu, model.LossOptions{PadTo: 8})
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.Backward(l)
+				if err := s.Err(); err != nil {
+					t.Fatal(err)
+				}
+				s.Close()
+				if _, err := opt.ClipAndStep(1e-2, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dir := t.TempDir()
+			if err := m.writeFiles(dir); err != nil {
+				t.Fatal(err)
+			}
+			inputs := filepath.Join(dir, "inputs.json")
+			raw, _ := json.Marshal(map[string]any{"rows": rows})
+			if err := os.WriteFile(inputs, raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(dir, "logits.json")
+			script := filepath.Join(testenv.RepoRoot(t), "tools", "reference", "peft_logits.py")
+			if msg, err := exec.Command(python, script, baseDir, dir, inputs, out).CombinedOutput(); err != nil {
+				t.Fatalf("peft_logits.py: %v\n%s", err, msg)
+			}
+			var peft struct {
+				Logits [][][]float32 `json:"logits"`
+			}
+			raw, err = os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(raw, &peft); err != nil {
+				t.Fatal(err)
+			}
+			for r, row := range rows {
+				got := engineLogits(t, base, m, row)
+				var want []float32
+				for _, pos := range peft.Logits[r] {
+					want = append(want, pos...)
+				}
+				compareAbs(t, fmt.Sprintf("row %d logits", r), got, want, 1e-4)
+			}
+		})
+	}
+}
+
+// engineLogits runs one row through the engine with the method's current
+// values in their served form (the update NewLoRA builds, or the prefix
+// PrefixFromEmbeddings builds), positions from 0 after any prefix.
+func engineLogits(t *testing.T, base *model.Model, m method, row []int64) []float32 {
+	t.Helper()
+	n := len(row)
+	b := &model.Batch{Rows: 1, Len: n, Tokens: row, Pos: make([]int64, n)}
+	P := 0
+	switch mm := m.(type) {
+	case *loraMethod:
+		vals, err := values(mm.ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var parts []model.LoRAPart
+		for i, w := range mm.where {
+			parts = append(parts, model.LoRAPart{Layer: w[0], Target: mm.cfg.Targets[w[1]], Rank: mm.cfg.Rank, A: vals[2*i], B: vals[2*i+1], Scale: mm.cfg.scale()})
+		}
+		lo, err := base.NewLoRA(parts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lo.Free()
+		b.LoRA = []*model.LoRA{lo}
+	case *prefixMethod:
+		s := tensor.NewScope()
+		vals := s.Float32s(mm.encode(s))
+		s.Close()
+		kv, err := base.PrefixFromEmbeddings(vals, mm.cfg.PreSeqLen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer kv.Free()
+		b.Past, P = kv, kv.Len
+	}
+	b.Visible = make([]bool, n*(P+n))
+	for i := 0; i < n; i++ {
+		b.Pos[i] = int64(i)
+		for j := 0; j < P+n; j++ {
+			b.Visible[i*(P+n)+j] = j < P || j-P <= i
+		}
+	}
+	out, err := base.Logits(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

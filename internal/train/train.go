@@ -606,3 +606,72 @@ func namePattern(id string) bool {
 	}
 	return true
 }
+
+// Stepper makes optimizer updates of a freshly initialised adapter on
+// batches the caller chooses: benchmarks drive it with the very batches a
+// reference trainer gets.
+type Stepper struct {
+	base   *model.Model
+	prompt model.Prompt
+	cfg    Config
+	method method
+	opt    *AdamW
+}
+
+// NewStepper prepares cfg's method on base for prompt p.
+func NewStepper(cfg Config, base *model.Model, p model.Prompt) (*Stepper, error) {
+	cfg.Defaults(base.Config())
+	rng := rand.New(rand.NewPCG(cfg.Seed, 1))
+	st := &Stepper{base: base, prompt: p, cfg: cfg}
+	var err error
+	switch cfg.Method {
+	case adapters.MethodLoRA:
+		st.method, err = newLoRA(base, cfg.LoRA, rng)
+	default:
+		st.method, err = newPrefix(base, cfg.Prefix, cfg.Method == adapters.MethodPrefixTuning, rng)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var leaves []*tensor.Tensor
+	for _, p := range st.method.params() {
+		leaves = append(leaves, p.t)
+	}
+	if st.opt, err = NewAdamW(leaves, base.Device(), 0.9, 0.999, 1e-8, cfg.WeightDecay); err != nil {
+		freeParams(st.method.params())
+		return nil, err
+	}
+	return st, nil
+}
+
+// Update computes the loss of rows, backpropagates it and makes one
+// clipped AdamW update at rate lr.
+func (st *Stepper) Update(rows []model.LossRow, lr float64) (float64, model.LossStats, error) {
+	s := tensor.NewScope()
+	s.SetGrad(true)
+	tu, err := st.method.tuning(s)
+	if err != nil {
+		s.Close()
+		return 0, model.LossStats{}, err
+	}
+	loss, stats, err := st.base.PromptLoss(s, st.prompt, rows, tu, model.LossOptions{MaxTextTokens: st.cfg.MaxTextTokens, PadTo: 8})
+	if err != nil {
+		s.Close()
+		return 0, stats, err
+	}
+	v := s.Scalar(loss)
+	s.Backward(loss)
+	err = s.Err()
+	s.Close()
+	if err != nil {
+		return v, stats, err
+	}
+	_, err = st.opt.ClipAndStep(lr, st.cfg.ClipNorm)
+	return v, stats, err
+}
+
+// Close frees the adapter and the optimizer.
+func (st *Stepper) Close() {
+	st.opt.Free()
+	freeParams(st.method.params())
+}
