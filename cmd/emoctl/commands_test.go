@@ -67,6 +67,7 @@ func TestBadInputGivesClearErrors(t *testing.T) {
 func TestHelpIsNotAnError(t *testing.T) {
 	for name, run := range map[string]func(context.Context, []string, streams) error{
 		"replay": runReplay, "load-dataset": runLoadDataset, "eval": runEval, "compare": runCompare,
+		"train": runTrain, "pretrain": runPretrain, "demo-model": runDemoModel,
 	} {
 		var errOut bytes.Buffer
 		err := run(context.Background(), []string{"-h"}, streams{out: &bytes.Buffer{}, err: &errOut, lookup: noEnv})

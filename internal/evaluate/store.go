@@ -154,10 +154,12 @@ func (s *Store) Confusion(ctx context.Context, sel RunSelector) (Confusion, erro
 func (s *Store) pairedRuns(a, b RunSelector) string {
 	side := func(suffix string) string {
 		return "(SELECT message_id, text_fingerprint AS fingerprint_" + suffix + ", label AS label_" + suffix +
-			" FROM " + s.db + ".events_dedup WHERE run_id = ? AND adapter = ?)"
+			" FROM " + s.db + ".events_dedup WHERE run_id = ? AND adapter = ?) AS " + suffix
 	}
 	// ALL INNER JOIN spells the strictness out: ClickHouse 18.16 requires
-	// it and current releases accept it.
+	// it and current releases accept it. The aliases are required by
+	// current releases (ALIAS_REQUIRED, joined_subquery_requires_alias)
+	// and accepted by 18.16, which does not know that setting.
 	return side("a") + " ALL INNER JOIN " + side("b") + " USING (message_id)"
 }
 

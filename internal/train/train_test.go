@@ -293,3 +293,56 @@ func TestBFloat16TrainingStepAtOddLengths(t *testing.T) {
 		}
 	}
 }
+
+func TestPretrainWritesALoadableModelThatLearns(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "base")
+	var texts []string
+	ex := toyExamples(60)
+	for _, e := range ex {
+		texts = append(texts, e.Text)
+	}
+	tmpl := prompt.Template{Name: "toy", Text: "Emotion of: {text}", Labels: []string{"joy", "sadness", "anger"}, Wrap: prompt.WrapChat}
+	cfg := PretrainConfig{Out: out, Name: "toy-base", Texts: texts, Tasks: []Task{{Template: tmpl, Examples: ex}},
+		TokenizerVocab: 600, Layers: 2, Hidden: 64, Heads: 4, Groups: 2, FFN: 96, MaxTokens: 32, BatchSize: 16, Steps: 400,
+		LR: 1e-2, WarmupRatio: 0.1, ClipNorm: 1, Seed: 1, Autocast: tensor.BFloat16}
+	rep, err := Pretrain(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(rep.LastLoss < rep.FirstLoss/2) {
+		t.Errorf("loss %.3f → %.3f: did not halve", rep.FirstLoss, rep.LastLoss)
+	}
+	m, err := model.Load(out, model.Options{DType: tensor.Float32})
+	if err != nil {
+		t.Fatalf("the pretrained model does not load: %v", err)
+	}
+	defer m.Close()
+	tok, err := tokenizer.Load(out, tokenizer.Options{})
+	if err != nil {
+		t.Fatalf("its tokenizer does not load: %v", err)
+	}
+	// The task was in the pretraining data: the base answers it without
+	// an adapter.
+	a, err := adapters.Bare(m, tok, tmpl, adapters.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var ids [][]int64
+	for _, e := range ex {
+		ids = append(ids, toInt64(tok.Encode(e.Text)))
+	}
+	scores, _, err := Evaluate(a.Scorer, tmpl.Labels, ex, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scores.Accuracy < 0.9 {
+		t.Errorf("accuracy %.3f on the pretraining task, want ≥ 0.9", scores.Accuracy)
+	}
+	if _, err := Pretrain(t.Context(), cfg); err == nil || !strings.Contains(err.Error(), "-overwrite") {
+		t.Errorf("second run into the same folder: %v, want a refusal naming -overwrite", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 1 {
+		t.Errorf("left behind: %v", entries)
+	}
+}
