@@ -9,6 +9,10 @@
 //	emobench pipeline [flags]     Kafka → ingest → Kafka → sink → ClickHouse (./task bench:pipeline)
 //	emobench train [flags]        adapter training against torch + PEFT, and adapted models
 //	                              against a TF-IDF baseline (./task bench:train)
+//	emobench engine [flags]       the engine against Hugging Face transformers (PyTorch eager)
+//	                              labelling GoEmotions messages (./task bench:engine)
+//	emobench adapters [flags]     mixed unmerged LoRA adapters against one merged, and
+//	                              P-tuning v2 against no adapter (./task bench:adapters)
 //
 // `emobench COMMAND -h` lists a command's flags. Progress goes to stderr,
 // figures to stdout; the last line of stdout holds the ratios as
@@ -18,6 +22,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -41,6 +47,10 @@ func main() {
 		err = runPipelineBench(ctx, log, args)
 	case "train":
 		err = runTrainBench(ctx, log, args)
+	case "engine":
+		err = runEngineBench(ctx, args)
+	case "adapters":
+		err = runAdaptersBench(ctx, args)
 	case "-h", "-help", "--help", "help":
 		usage()
 		return
@@ -48,6 +58,9 @@ func main() {
 		fmt.Fprintf(os.Stderr, "emobench: unknown command %q\n", cmd)
 		usage()
 		os.Exit(2)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return // -h: the command's flag set printed its flags
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "emobench:", err)
@@ -64,6 +77,10 @@ commands:
                against the classifier alone
   train        adapter training: throughput against torch + PEFT, and test-split quality of the
                demo base with LoRA and P-tuning v2 against a TF-IDF + logistic regression baseline
+  engine       the engine against Hugging Face transformers (PyTorch eager) labelling GoEmotions messages
+               on the benchmark model, float32 and bfloat16
+  adapters     4 unmerged LoRA adapters mixed in batches against one merged, and P-tuning v2
+               (128 virtual tokens) against no adapter, on the benchmark model
 
 emobench COMMAND -h lists the command's flags.
 `)

@@ -55,15 +55,10 @@ func (e *staticEngine) close() {
 // encode tokenizes text as the classifier does (an empty tokenization
 // becomes a single space).
 func (e *staticEngine) encode(text string) []int64 {
-	ids := e.tok.Encode(text)
-	if len(ids) == 0 {
-		ids = e.tok.Encode(" ")
+	if ids := tokenIDs(e.tok, text); len(ids) > 0 {
+		return ids
 	}
-	out := make([]int64, len(ids))
-	for i, id := range ids {
-		out[i] = int64(id)
-	}
-	return out
+	return tokenIDs(e.tok, " ")
 }
 
 // rowTokens is a text's cost in the classifier's batcher (its row length

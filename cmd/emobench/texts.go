@@ -4,23 +4,13 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/emoflow/emoflow/internal/benchmodel"
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/tokenizer"
 )
-
-// defaultDataDir is EMOFLOW_SHARED/data, or ../shared/data beside the
-// repository the benchmark runs from.
-func defaultDataDir() string {
-	if s := os.Getenv("EMOFLOW_SHARED"); s != "" {
-		return filepath.Join(s, "data")
-	}
-	return filepath.Join("..", "shared", "data")
-}
 
 // benchTexts are the GoEmotions and MELD test texts, normalised as ingest
 // normalises them before classifying; texts that normalise to nothing are
@@ -89,6 +79,16 @@ func spread(xs []float64, format string) string {
 		return fmt.Sprintf(format, xs[0])
 	}
 	return fmt.Sprintf(format+" (min "+format+", max "+format+", n=%d)", median(xs), slices.Min(xs), slices.Max(xs), len(xs))
+}
+
+// tokenIDs is text's token ids as the engine takes them.
+func tokenIDs(tok tokenizer.Tokenizer, text string) []int64 {
+	ids := tok.Encode(text)
+	out := make([]int64, len(ids))
+	for i, id := range ids {
+		out[i] = int64(id)
+	}
+	return out
 }
 
 // parseInts parses a comma-separated list of positive integers.

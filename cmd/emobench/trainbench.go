@@ -433,20 +433,3 @@ func splitComma(s string) []string {
 	}
 	return out
 }
-
-// cachePath is $EMOFLOW_CACHE, or ~/.cache/emoflow.
-func cachePath() string {
-	if c := os.Getenv("EMOFLOW_CACHE"); c != "" {
-		return c
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "emoflow")
-}
-
-// pythonPath is $EMOFLOW_PYTHON, or the reference venv's.
-func pythonPath() string {
-	if p := os.Getenv("EMOFLOW_PYTHON"); p != "" {
-		return p
-	}
-	return filepath.Join(cachePath(), "venv", "bin", "python")
-}

@@ -400,6 +400,27 @@ func TestSyncLoadsReplacesAndRemovesFolders(t *testing.T) {
 	}
 }
 
+// TestSyncSkipsHiddenFolders: work in progress (emoctl train's state and
+// its half-written copies live in folders starting with a dot) is never
+// loaded.
+func TestSyncSkipsHiddenFolders(t *testing.T) {
+	f := newFixture(t)
+	r := newRegistry(t, f)
+	root := t.TempDir()
+	cfg := PEFTLoRAConfig{R: 4, LoraAlpha: 8, TargetModules: []string{"dense"}}
+	for _, dir := range []string{".y.train/best", ".y.new", "z"} {
+		f.writeLoRA(t, filepath.Join(root, dir), f.manifest(strings.NewReplacer(".", "", "/", "-").Replace(dir), "1", MethodLoRA), randParts(t, f.base, 5, 4, "dense"), cfg)
+	}
+	r.Sync(root)
+	var ids []string
+	for _, a := range r.List() {
+		ids = append(ids, a.ID)
+	}
+	if got := strings.Join(ids, ","); got != "base,z" {
+		t.Fatalf("served %s, want base,z (hidden folders skipped)", got)
+	}
+}
+
 // touch rewrites a manifest with a new modification time.
 func touch(t *testing.T, path string, man Manifest) {
 	t.Helper()

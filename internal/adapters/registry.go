@@ -287,7 +287,8 @@ func (r *Registry) Close() {
 
 // Watch keeps the registry in step with the adapter folders under root
 // (each holding a manifest), checking every interval until ctx ends: new
-// folders are loaded, removed ones unloaded, changed ones reloaded. Errors
+// folders are loaded, removed ones unloaded, changed ones reloaded. Folders
+// whose name starts with a dot are work in progress and skipped. Errors
 // are logged; a bad folder never takes a good version down.
 func (r *Registry) Watch(ctx context.Context, root string, interval time.Duration) {
 	r.Sync(root)

@@ -2,8 +2,9 @@
 // under a token budget and a row limit, within a maximum queueing delay,
 // grouped so that one batch needs one adapter mode, sorted into length
 // windows so that little compute goes to padding (at most 1 - MinFill of a
-// batch), live traffic before replays, and never more queued work than
-// configured (a full queue rejects at once).
+// batch), live traffic before replays, requests near their deadline before
+// the others, and never more queued work than configured (a full queue
+// rejects at once).
 package batcher
 
 import (
@@ -178,8 +179,9 @@ type Batcher[P, R any] struct {
 	workers sync.WaitGroup
 	// paceRows and paceTime are the rows and compute time of the batches
 	// run so far, each batch weighing a fifth less than the next: their
-	// ratio is the recent time per row.
-	paceRows, paceTime float64
+	// ratio is the recent time per row. paceBatch is the recent compute
+	// time of one batch, weighted alike.
+	paceRows, paceTime, paceBatch float64
 }
 
 // New returns a batcher; call Start to run its workers.
@@ -385,6 +387,10 @@ func (b *Batcher[P, R]) compute(ctx context.Context, items []*item[P, R]) {
 		b.mu.Lock()
 		b.paceRows = 0.8*b.paceRows + float64(len(items))
 		b.paceTime = 0.8*b.paceTime + float64(took)
+		if b.paceBatch == 0 {
+			b.paceBatch = float64(took)
+		}
+		b.paceBatch = 0.8*b.paceBatch + 0.2*float64(took)
 		b.mu.Unlock()
 	}
 	if b.obs != nil {
@@ -439,9 +445,10 @@ func (b *Batcher[P, R]) next(ctx context.Context) []*item[P, R] {
 			continue
 		}
 		rows, tokens := b.groupSize(head.req.Group, class)
-		waited := b.now().Sub(head.enqueued)
+		now := b.now()
+		waited := now.Sub(head.enqueued)
 		full := rows >= b.cfg.MaxRows || tokens >= b.cfg.MaxTokens
-		if full || waited >= b.cfg.MaxDelay || b.closing {
+		if full || waited >= b.cfg.MaxDelay || b.closing || b.urgent(head, now) {
 			items := b.take(head, class)
 			b.mu.Unlock()
 			// More may be ready: let another idle worker look.
@@ -483,14 +490,36 @@ func (b *Batcher[P, R]) dropDead() {
 	}
 }
 
-// head is the oldest request of the most urgent non-empty class.
+// head is the request the next batch is built around: in the most urgent
+// non-empty class, the one nearest its deadline if that is near (see
+// urgent), otherwise the oldest. Length grouping and MinFill may hold a
+// request back behind younger ones; deadlines bound how long.
 func (b *Batcher[P, R]) head() (*item[P, R], Priority) {
+	now := b.now()
 	for p := Live; p < numPriorities; p++ {
-		if len(b.queues[p]) > 0 {
-			return b.queues[p][0], p
+		if len(b.queues[p]) == 0 {
+			continue
 		}
+		var nearest *item[P, R]
+		for _, it := range b.queues[p] {
+			if b.urgent(it, now) && (nearest == nil || it.req.Deadline.Before(nearest.req.Deadline)) {
+				nearest = it
+			}
+		}
+		if nearest != nil {
+			return nearest, p
+		}
+		return b.queues[p][0], p
 	}
 	return nil, 0
+}
+
+// urgent reports whether it must be in the next batch to make its
+// deadline: less than two batches' compute time (at the recent pace) is
+// left. Urgent requests lead batches, are never held back by Window or
+// MinFill, and do not wait for MaxDelay.
+func (b *Batcher[P, R]) urgent(it *item[P, R], now time.Time) bool {
+	return !it.req.Deadline.IsZero() && b.paceBatch > 0 && float64(it.req.Deadline.Sub(now)) <= 2*b.paceBatch
 }
 
 // groupSize counts the requests of group in class and below, and their
@@ -521,14 +550,21 @@ func (b *Batcher[P, R]) take(head *item[P, R], class Priority) []*item[P, R] {
 	filled := head.req.Cost + b.cfg.RowOverhead
 	var cands [numPriorities][]*item[P, R]
 	queued := 1
+	now := b.now()
+	isUrgent := map[*item[P, R]]bool{}
 	for p := class; p < numPriorities; p++ {
 		for i, it := range b.queues[p] {
-			if b.cfg.Window > 0 && i >= b.cfg.Window {
-				break
+			if it == head || it.req.Group != head.req.Group {
+				continue
 			}
-			if it != head && it.req.Group == head.req.Group {
-				cands[p] = append(cands[p], it)
+			u := b.urgent(it, now)
+			if b.cfg.Window > 0 && i >= b.cfg.Window && !u {
+				continue
 			}
+			if u {
+				isUrgent[it] = true
+			}
+			cands[p] = append(cands[p], it)
 		}
 		queued += len(cands[p])
 	}
@@ -540,22 +576,30 @@ func (b *Batcher[P, R]) take(head *item[P, R], class Priority) []*item[P, R] {
 	if queued <= b.cfg.MaxRows {
 		minFill = 0
 	}
-	fits := func(cost int) bool {
+	fits := func(cost int, urgent bool) bool {
 		padded := (len(chosen) + 1) * (max(longest, cost) + b.cfg.RowOverhead)
 		return len(chosen) < b.cfg.MaxRows && padded <= b.cfg.MaxTokens &&
-			float64(filled+cost+b.cfg.RowOverhead) >= minFill*float64(padded)
+			(urgent || float64(filled+cost+b.cfg.RowOverhead) >= minFill*float64(padded))
 	}
 	for p := class; p < numPriorities && len(chosen) < b.cfg.MaxRows; p++ {
-		// Closest lengths to the head's first; among equals, the oldest.
+		// Urgent requests first, nearest deadline first; then the closest
+		// lengths to the head's; among equals, the oldest.
 		sort.SliceStable(cands[p], func(i, j int) bool {
-			di, dj := abs(cands[p][i].req.Cost-head.req.Cost), abs(cands[p][j].req.Cost-head.req.Cost)
+			a, c := cands[p][i], cands[p][j]
+			if isUrgent[a] != isUrgent[c] {
+				return isUrgent[a]
+			}
+			if isUrgent[a] && !a.req.Deadline.Equal(c.req.Deadline) {
+				return a.req.Deadline.Before(c.req.Deadline)
+			}
+			di, dj := abs(a.req.Cost-head.req.Cost), abs(c.req.Cost-head.req.Cost)
 			if di != dj {
 				return di < dj
 			}
-			return cands[p][i].seq < cands[p][j].seq
+			return a.seq < c.seq
 		})
 		for _, it := range cands[p] {
-			if !fits(it.req.Cost) {
+			if !fits(it.req.Cost, isUrgent[it]) {
 				continue
 			}
 			chosen = append(chosen, it)

@@ -512,3 +512,67 @@ func TestReleaseIsCalledOnceWhateverHappens(t *testing.T) {
 		}
 	}
 }
+
+// TestUrgentRequestLeadsTheNextBatch runs on a fake clock that every batch
+// advances by 10s: a request queued behind older ones, whose deadline falls
+// before their batches would end, leads the next batch (beyond the window
+// and despite MinFill) instead of expiring in the queue.
+func TestUrgentRequestLeadsTheNextBatch(t *testing.T) {
+	var clock atomic.Int64
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers, cfg.MaxRows, cfg.MaxDelay, cfg.Window, cfg.MinFill = 1, 2, 0, 2, 0.9
+	b, err := New(cfg, func(ctx context.Context, batch *Batch[int]) ([]string, error) {
+		clock.Add(int64(10 * time.Second))
+		return e.run(ctx, batch)
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.Start(ctx)
+	defer func() {
+		close(e.gate)
+		_ = b.Close(context.Background())
+	}()
+	occupy(t, b, e)
+	var wg sync.WaitGroup
+	results := make(map[int]error)
+	var mu sync.Mutex
+	submit := func(payload, cost int, deadline time.Time) {
+		wg.Go(func() {
+			_, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: cost, Payload: payload, Deadline: deadline})
+			mu.Lock()
+			results[payload] = err
+			mu.Unlock()
+		})
+	}
+	for i := 1; i <= 4; i++ {
+		submit(i, 10, time.Time{})
+		waitDepth(t, b, Live, i)
+	}
+	// Due 15s after the start: the occupying batch ends at 10s, and in
+	// arrival order it would run in the third batch, ending at 40s. Its
+	// length (40) would also fail MinFill beside the others.
+	submit(5, 40, time.Unix(0, int64(15*time.Second)))
+	waitDepth(t, b, Live, 5)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for open := true; open; {
+		select {
+		case e.gate <- struct{}{}:
+		case <-done:
+			open = false
+		}
+	}
+	if err := results[5]; err != nil {
+		t.Fatalf("the urgent request: %v, want it computed", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if first := e.batches[1].Payloads; !slices.Contains(first, 5) {
+		t.Fatalf("first batch after the occupying one: %v, want it led by the urgent request 5", first)
+	}
+}

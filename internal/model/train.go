@@ -127,11 +127,6 @@ type LossOptions struct {
 	// bfloat16 attention backward crashes at odd lengths, and multiples of
 	// 8 suit the matrix units.
 	PadTo int
-	// WholeRow extends the loss from the answer to every token of the row
-	// after its first (the text and the suffix too): language modelling
-	// of instruction data in pretraining, the shared prompt prefix still
-	// computed once.
-	WholeRow bool
 }
 
 // LossStats count what a loss batch held.
@@ -187,9 +182,6 @@ func (m *Model) PromptLoss(s *tensor.Scope, p Prompt, rows []LossRow, tu Tuning,
 		}
 		seq := append(append(append([]int64{}, text...), p.Suffix...), p.Labels[row.Label]...)
 		starts[r] = len(text) + len(p.Suffix)
-		if o.WholeRow {
-			starts[r] = 1
-		}
 		if p.Stop >= 0 {
 			seq = append(seq, p.Stop)
 		}

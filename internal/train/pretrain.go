@@ -31,13 +31,11 @@ type PretrainConfig struct {
 	// Name goes into config.json.
 	Name string
 	// Texts are plain documents (chat messages), each trained on as
-	// [gMASK] sop text </s>, every token predicted.
+	// [gMASK] sop text </s>.
 	Texts []string
 	// Tasks are labelled examples trained on in their chat-template form
 	// (prompt, answer, end of turn): instruction data, as chat models are
-	// trained on, from which adapters start. Every token after the shared
-	// prompt prefix is predicted (the text, the suffix and the answer); the
-	// prefix is computed once per batch.
+	// trained on, from which adapters start.
 	Tasks []Task
 	// TokenizerVocab is the SentencePiece vocabulary size.
 	TokenizerVocab int
@@ -114,7 +112,7 @@ func Pretrain(ctx context.Context, cfg PretrainConfig) (PretrainReport, error) {
 	if err != nil {
 		return rep, fmt.Errorf("pretrain: the trained tokenizer does not load: %w", err)
 	}
-	data, err := pretrainCorpus(cfg, tok)
+	seqs, err := pretrainSequences(cfg, tok)
 	if err != nil {
 		return rep, err
 	}
@@ -146,23 +144,20 @@ func Pretrain(ctx context.Context, cfg PretrainConfig) (PretrainReport, error) {
 	}
 	defer opt.Free()
 	sched := Schedule{Peak: cfg.LR, Warmup: int(cfg.WarmupRatio * float64(cfg.Steps)), Total: cfg.Steps, Cosine: true}
-	rep.Sequences = len(data.docs)
-	for _, t := range data.tasks {
-		rep.Sequences += len(t.rows)
-	}
-	cfg.Logger.Info("pretraining", "parameters", rep.Params, "sequences", rep.Sequences, "steps", cfg.Steps)
+	rep.Sequences = len(seqs)
+	cfg.Logger.Info("pretraining", "parameters", rep.Params, "sequences", len(seqs), "steps", cfg.Steps)
 	started, printed := time.Now(), time.Time{}
-	var epoch []pretrainBatch
+	var epoch [][]int
 	for step := 0; step < cfg.Steps; step++ {
 		if err := ctx.Err(); err != nil {
 			return rep, fmt.Errorf("pretrain: stopped at step %d: %w", step, err)
 		}
 		if len(epoch) == 0 {
-			epoch = data.batches(cfg.BatchSize, rand.New(rand.NewPCG(cfg.Seed, uint64(step)+11)))
+			epoch = lengthBatches(seqs, cfg.BatchSize, rand.New(rand.NewPCG(cfg.Seed, uint64(step)+11)))
 		}
 		batch := epoch[0]
 		epoch = epoch[1:]
-		loss, tokens, err := pretrainStep(m, data, batch, cfg.MaxTokens)
+		loss, tokens, err := pretrainStep(m, seqs, batch)
 		if err != nil {
 			return rep, fmt.Errorf("pretrain: step %d: %w", step+1, err)
 		}
@@ -204,97 +199,59 @@ func Pretrain(ctx context.Context, cfg PretrainConfig) (PretrainReport, error) {
 	return rep, os.RemoveAll(cfg.Out + ".old")
 }
 
-// corpus is the tokenized training data: plain documents, and each task's
-// rows after its compiled prompt (whose prefix every row shares).
-type corpus struct {
-	docs  [][]int64
-	tasks []taskRows
-}
-
-type taskRows struct {
-	prompt model.Prompt
-	rows   []model.LossRow
-}
-
-// batches is one epoch: each batch holds documents or one task's rows.
-func (c corpus) batches(bs int, rng *rand.Rand) []pretrainBatch {
-	var out []pretrainBatch
-	if len(c.docs) > 0 {
-		for _, b := range lengthBatches(c.docs, bs, rng) {
-			out = append(out, pretrainBatch{task: -1, idx: b})
-		}
-	}
-	for t, task := range c.tasks {
-		lens := make([][]int64, len(task.rows))
-		for i, r := range task.rows {
-			lens[i] = r.Text
-		}
-		for _, b := range lengthBatches(lens, bs, rng) {
-			out = append(out, pretrainBatch{task: t, idx: b})
-		}
-	}
-	rng.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	return out
-}
-
-type pretrainBatch struct {
-	task int // -1: documents
-	idx  []int
-}
-
-// pretrainCorpus tokenizes the texts and the tasks' examples.
-func pretrainCorpus(cfg PretrainConfig, tok tokenizer.Tokenizer) (corpus, error) {
-	var c corpus
+// pretrainSequences tokenizes the texts and the tasks' examples.
+func pretrainSequences(cfg PretrainConfig, tok tokenizer.Tokenizer) ([][]int64, error) {
 	start := toInt64(tok.BuildInputs(nil)) // [gMASK] sop
 	stops := tok.StopIDs()
 	if len(stops) == 0 {
-		return c, errors.New("pretrain: the tokenizer has no end token")
+		return nil, errors.New("pretrain: the tokenizer has no end token")
 	}
 	eos := int64(stops[0])
-	for _, t := range cfg.Texts {
-		q := append(append(append([]int64{}, start...), toInt64(tok.Encode(t))...), eos)
+	var seqs [][]int64
+	add := func(q []int64) {
 		if len(q) > cfg.MaxTokens {
 			q = q[:cfg.MaxTokens]
 		}
-		if len(q) > len(start)+1 {
-			c.docs = append(c.docs, q)
+		if len(q) >= 2 {
+			seqs = append(seqs, q)
 		}
+	}
+	for _, t := range cfg.Texts {
+		add(append(append(append([]int64{}, start...), toInt64(tok.Encode(t))...), eos))
 	}
 	for _, task := range cfg.Tasks {
 		p, err := task.Template.Compile(tok)
 		if err != nil {
-			return c, fmt.Errorf("pretrain: task template %q: %w", task.Template.Name, err)
+			return nil, fmt.Errorf("pretrain: task template %q: %w", task.Template.Name, err)
 		}
 		index := map[string]int{}
 		for i, l := range task.Template.Labels {
 			index[l] = i
 		}
-		tr := taskRows{prompt: p}
 		for _, e := range task.Examples {
 			k, ok := index[e.Label]
 			if !ok {
-				return c, fmt.Errorf("pretrain: %w: task %q: label %q is not in its template", ErrBadData, task.Template.Name, e.Label)
+				return nil, fmt.Errorf("pretrain: %w: task %q: label %q is not in its template", ErrBadData, task.Template.Name, e.Label)
 			}
 			text := toInt64(tok.Encode(e.Text))
-			if len(text) > cfg.MaxTokens {
-				text = text[:cfg.MaxTokens]
+			if len(text) > cfg.MaxTokens/2 {
+				text = text[:cfg.MaxTokens/2] // keep the answer inside MaxTokens
 			}
-			if len(text) > 0 {
-				tr.rows = append(tr.rows, model.LossRow{Text: text, Label: k})
+			q := append(append(append(append([]int64{}, p.Prefix...), text...), p.Suffix...), p.Labels[k]...)
+			if p.Stop >= 0 {
+				q = append(q, p.Stop)
 			}
-		}
-		if len(tr.rows) > 0 {
-			c.tasks = append(c.tasks, tr)
+			add(q)
 		}
 	}
-	if len(c.docs) == 0 && len(c.tasks) == 0 {
-		return c, fmt.Errorf("pretrain: %w: no text to train on", ErrBadData)
+	if len(seqs) == 0 {
+		return nil, fmt.Errorf("pretrain: %w: no sequence of two tokens or more", ErrBadData)
 	}
-	return c, nil
+	return seqs, nil
 }
 
-// lengthBatches is one epoch of batches of seqs' indices: shuffled, grouped
-// by length in windows of 64 batches.
+// lengthBatches is one epoch of batches: shuffled, grouped by length in
+// windows of 64 batches, the batches shuffled again.
 func lengthBatches(seqs [][]int64, bs int, rng *rand.Rand) [][]int {
 	perm := rng.Perm(len(seqs))
 	var out [][]int
@@ -305,30 +262,19 @@ func lengthBatches(seqs [][]int64, bs int, rng *rand.Rand) [][]int {
 			out = append(out, chunk[i:min(i+bs, len(chunk))])
 		}
 	}
+	rng.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
 	return out
 }
 
-func pretrainStep(m *model.Model, c corpus, b pretrainBatch, maxTokens int) (float64, int, error) {
+func pretrainStep(m *model.Model, seqs [][]int64, batch []int) (float64, int, error) {
 	s := tensor.NewScope()
 	defer s.Close()
 	s.SetGrad(true)
-	var loss *tensor.Tensor
-	var st model.LossStats
-	var err error
-	if b.task < 0 {
-		seqs := make([][]int64, len(b.idx))
-		for i, k := range b.idx {
-			seqs[i] = c.docs[k]
-		}
-		loss, st, err = m.LMLoss(s, seqs, 8)
-	} else {
-		task := c.tasks[b.task]
-		rows := make([]model.LossRow, len(b.idx))
-		for i, k := range b.idx {
-			rows[i] = task.rows[k]
-		}
-		loss, st, err = m.PromptLoss(s, task.prompt, rows, model.Tuning{}, model.LossOptions{MaxTextTokens: maxTokens, PadTo: 8, WholeRow: true})
+	b := make([][]int64, len(batch))
+	for i, k := range batch {
+		b[i] = seqs[k]
 	}
+	loss, st, err := m.LMLoss(s, b, 8)
 	if err != nil {
 		return 0, 0, err
 	}

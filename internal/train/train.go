@@ -27,6 +27,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -342,7 +343,7 @@ func (t *trainer) loop(ctx context.Context) error {
 		for k := 0; k < c.GradAccum; k++ {
 			idx := u*c.GradAccum + k
 			batch := t.batches(idx / perEpoch)[idx%perEpoch]
-			loss, st, err := t.step(batch, u)
+			loss, st, err := t.step(batch, u, idx)
 			if err != nil {
 				return err
 			}
@@ -388,12 +389,13 @@ func (t *trainer) loop(ctx context.Context) error {
 	return nil
 }
 
-// step computes one micro-batch's loss and accumulates its gradients.
-func (t *trainer) step(batch []int, update int) (float64, model.LossStats, error) {
+// step computes micro-batch number micro's loss (in update) and
+// accumulates its gradients.
+func (t *trainer) step(batch []int, update, micro int) (float64, model.LossStats, error) {
 	s := tensor.NewScope()
 	defer s.Close()
 	s.SetGrad(true)
-	tensor.ManualSeed(int64(t.cfg.Seed) + int64(update)) // dropout masks, reproducible on resume
+	tensor.ManualSeed(int64(t.cfg.Seed) + int64(micro)) // dropout masks, reproducible on resume
 	tu, err := t.method.tuning(s)
 	if err != nil {
 		return 0, model.LossStats{}, fmt.Errorf("train: %w", err)
@@ -450,7 +452,7 @@ func Evaluate(sc *model.Scorer, labels []string, examples []Example, ids [][]int
 	const batch = 32
 	for lo := 0; lo < len(ids); lo += batch {
 		hi := min(lo+batch, len(ids))
-		texts := ids[lo:hi]
+		texts := slices.Clone(ids[lo:hi])
 		for i := range texts {
 			if len(texts[i]) == 0 {
 				texts[i] = []int64{0} // an empty text after tokenizing: still scored

@@ -2,14 +2,15 @@
 
 Usage: bench_hf.py --model DIR --workload FILE --threads N [--attention sdpa|eager]
 
-cmd/benchengine starts this process and speaks to it one JSON object a line:
-it sends {"dtype": "float32"|"bfloat16", "batch": 32, "strategy": "kv",
-"logprobs": false} on stdin, this process scores every message of the
-workload once in batches of that size and answers {"seconds": wall,
-"cpu_seconds": cpu, "messages": n} (plus "logprobs", [messages][labels],
-when asked) on stdout; cpu is the process's CPU time, all threads.
+`emobench engine` (cmd/emobench) starts this process and speaks to it one
+JSON object a line: it sends {"dtype": "float32"|"bfloat16", "batch": 32,
+"strategy": "kv", "logprobs": false} on stdin, this process scores every
+message of the workload once in batches of that size and answers
+{"seconds": wall, "cpu_seconds": cpu, "messages": n} (plus "logprobs",
+[messages][labels], when asked) on stdout; cpu is the process's CPU time,
+all threads.
 
-The workload (written by cmd/benchengine) holds the compiled prompt and the
+The workload (written by `emobench engine`) holds the compiled prompt and the
 messages' token ids, sorted by length: {"prefix": [...], "suffix": [...],
 "labels": [[...]], "stop": id, "texts": [[...]]}. Every message becomes
 prefix + text + suffix, and a label's log-probability is that of its

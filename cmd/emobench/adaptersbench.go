@@ -1,12 +1,3 @@
-// Command benchadapters measures what adapters cost on the benchmark model
-// (internal/benchmodel), both sides in one run:
-//
-//   - a batch whose rows use 4 different unmerged LoRA adapters against the
-//     same rows with one adapter merged into the weights;
-//   - P-tuning v2 with 128 virtual tokens against the bare model.
-//
-// It prints messages per second (medians of -rounds runs) and, on the last
-// line, mixed_lora_vs_merged=<r> ptuning_vs_base=<r>.
 package main
 
 import (
@@ -14,8 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"time"
@@ -27,28 +16,38 @@ import (
 	"github.com/emoflow/emoflow/internal/tokenizer"
 )
 
-func main() {
-	data := flag.String("data", filepath.Join("..", "shared", "data"), "shared data folder")
-	n := flag.Int("texts", 512, "texts scored per round")
-	batch := flag.Int("batch", 32, "rows per batch")
-	rounds := flag.Int("rounds", 5, "rounds per configuration (the median is reported)")
-	rank := flag.Int("rank", 8, "LoRA rank")
-	virtual := flag.Int("virtual-tokens", 128, "P-tuning v2 virtual tokens")
-	dtype := flag.String("dtype", "float32", "compute dtype")
-	flag.Parse()
-	if err := run(*data, *n, *batch, *rounds, *rank, *virtual, *dtype); err != nil {
-		fmt.Fprintln(os.Stderr, "benchadapters:", err)
-		os.Exit(1)
+// runAdaptersBench is `emobench adapters`: it measures what adapters cost
+// on the benchmark model (internal/benchmodel), both sides in one run:
+//
+//   - a batch whose rows use 4 different unmerged LoRA adapters against the
+//     same rows with one adapter merged into the weights;
+//   - P-tuning v2 with 128 virtual tokens against the bare model.
+//
+// It prints messages per second (medians of -rounds runs) and, on the last
+// line, mixed_lora_vs_merged=<r> ptuning_vs_base=<r>.
+func runAdaptersBench(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("emobench adapters", flag.ContinueOnError)
+	data := fs.String("data", defaultDataDir(), "shared data folder")
+	n := fs.Int("texts", 512, "texts scored per round")
+	batch := fs.Int("batch", 32, "rows per batch")
+	rounds := fs.Int("rounds", 5, "rounds per configuration (the median is reported)")
+	rank := fs.Int("rank", 8, "LoRA rank")
+	virtual := fs.Int("virtual-tokens", 128, "P-tuning v2 virtual tokens")
+	dtype := fs.String("dtype", "float32", "compute dtype")
+	if err := fs.Parse(args); err != nil {
+		return err
 	}
+	return adaptersBench(ctx, *data, *n, *batch, *rounds, *rank, *virtual, *dtype)
 }
 
-func run(data string, n, batch, rounds, rank, virtual int, dtypeName string) error {
+// adaptersBench runs emobench adapters with its flags' values.
+func adaptersBench(ctx context.Context, data string, n, batch, rounds, rank, virtual int, dtypeName string) error {
 	dt, err := tensor.ParseDType(dtypeName)
 	if err != nil {
 		return err
 	}
 	tensor.SetThreads(runtime.NumCPU())
-	dir, err := benchmodel.Ensure(context.Background(), data)
+	dir, err := benchmodel.Ensure(ctx, data)
 	if err != nil {
 		return err
 	}
@@ -67,11 +66,7 @@ func run(data string, n, batch, rounds, rank, virtual int, dtypeName string) err
 	}
 	tokens := make([][]int64, 0, n)
 	for _, t := range texts[:n] {
-		ids := tok.Encode(t)
-		row := make([]int64, len(ids))
-		for i, id := range ids {
-			row[i] = int64(id)
-		}
+		row := tokenIDs(tok, t)
 		if len(row) == 0 {
 			row = []int64{int64(tok.Encode(".")[0])}
 		}
@@ -92,7 +87,7 @@ func run(data string, n, batch, rounds, rank, virtual int, dtypeName string) err
 	rng := rand.New(rand.NewPCG(1, 1))
 	var loras []*model.LoRA
 	for i := 0; i < 4; i++ {
-		l, err := m.NewLoRA(parts(m, rng, rank))
+		l, err := m.NewLoRA(randomLoRAParts(m, rng, rank))
 		if err != nil {
 			return err
 		}
@@ -157,6 +152,9 @@ func run(data string, n, batch, rounds, rank, virtual int, dtypeName string) err
 	// hits them alike.
 	for r := 0; r < rounds+1; r++ {
 		for ci, cfg := range configs {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			start := time.Now()
 			for i := 0; i < len(cfg.rows); i += batch {
 				if _, err := model.ScoreRows(cfg.rows[i:min(i+batch, len(cfg.rows))]); err != nil {
@@ -178,9 +176,9 @@ func run(data string, n, batch, rounds, rank, virtual int, dtypeName string) err
 	return nil
 }
 
-// parts draws a random rank-r update of query_key_value and dense on every
-// layer.
-func parts(m *model.Model, rng *rand.Rand, r int) []model.LoRAPart {
+// randomLoRAParts draws a random rank-r update of query_key_value and dense
+// on every layer.
+func randomLoRAParts(m *model.Model, rng *rand.Rand, r int) []model.LoRAPart {
 	var out []model.LoRAPart
 	c := m.Config()
 	for layer := 0; layer < c.Layers; layer++ {

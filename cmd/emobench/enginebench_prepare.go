@@ -45,10 +45,10 @@ func hfCopy(modelDir string) (string, error) {
 	return out, nil
 }
 
-// workload is what both sides score: the compiled prompt and the messages'
-// token ids, sorted by length so that batches pad little. bench_hf.py reads
-// it as JSON.
-type workload struct {
+// engineWorkload is what both sides score: the compiled prompt and the
+// messages' token ids, sorted by length so that batches pad little.
+// bench_hf.py reads it as JSON.
+type engineWorkload struct {
 	Prefix []int64   `json:"prefix"`
 	Suffix []int64   `json:"suffix"`
 	Labels [][]int64 `json:"labels"`
@@ -59,9 +59,9 @@ type workload struct {
 	tokenizeTime time.Duration
 }
 
-// buildWorkload tokenizes the first n GoEmotions test texts (all with n 0)
-// and the default template for tok.
-func buildWorkload(dataDir string, tok tokenizer.Tokenizer, n int) (*workload, model.Prompt, error) {
+// buildEngineWorkload tokenizes the first n GoEmotions test texts (all
+// with n 0) and the default template for tok.
+func buildEngineWorkload(dataDir string, tok tokenizer.Tokenizer, n int) (*engineWorkload, model.Prompt, error) {
 	test, err := datasets.Read(dataDir, datasets.GoEmotionsEkman, "test")
 	if err != nil {
 		return nil, model.Prompt{}, fmt.Errorf("messages: %w", err)
@@ -73,15 +73,10 @@ func buildWorkload(dataDir string, tok tokenizer.Tokenizer, n int) (*workload, m
 	if err != nil {
 		return nil, model.Prompt{}, fmt.Errorf("prompt: %w", err)
 	}
-	w := &workload{Prefix: p.Prefix, Suffix: p.Suffix, Labels: p.Labels, Stop: p.Stop}
+	w := &engineWorkload{Prefix: p.Prefix, Suffix: p.Suffix, Labels: p.Labels, Stop: p.Stop}
 	start := time.Now()
 	for _, e := range test {
-		ids := tok.Encode(e.Text)
-		text := make([]int64, len(ids))
-		for i, id := range ids {
-			text[i] = int64(id)
-		}
-		w.Texts = append(w.Texts, text)
+		w.Texts = append(w.Texts, tokenIDs(tok, e.Text))
 	}
 	w.tokenizeTime = time.Since(start)
 	slices.SortStableFunc(w.Texts, func(a, b []int64) int { return len(a) - len(b) })
@@ -92,7 +87,7 @@ func buildWorkload(dataDir string, tok tokenizer.Tokenizer, n int) (*workload, m
 }
 
 // write stores the workload as JSON in path.
-func (w *workload) write(path string) error {
+func (w *engineWorkload) write(path string) error {
 	b, err := json.Marshal(w)
 	if err != nil {
 		return fmt.Errorf("workload: %w", err)
@@ -104,7 +99,7 @@ func (w *workload) write(path string) error {
 }
 
 // batches cuts the texts into consecutive batches of size n.
-func (w *workload) batches(n int) [][][]int64 {
+func (w *engineWorkload) batches(n int) [][][]int64 {
 	var out [][][]int64
 	for i := 0; i < len(w.Texts); i += n {
 		out = append(out, w.Texts[i:min(i+n, len(w.Texts))])

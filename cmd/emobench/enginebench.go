@@ -1,20 +1,3 @@
-// Command benchengine measures how many chat messages per second the engine
-// labels with the seven Ekman emotions (model.Scorer.Score in static
-// batches of messages sorted by length) and how many Hugging Face
-// transformers labels, in PyTorch eager mode with the same weights, dtype,
-// thread count, prompt and exact label probabilities
-// (tools/reference/bench_hf.py, driven from here so that the two sides'
-// runs interleave). It prints the medians and, on its last line,
-// engine_vs_hf_eager=<ratio>. "./task bench:engine" runs it.
-//
-// The model is internal/benchmodel's: ChatGLM3-6B's architecture at a small
-// size (4 layers, hidden 512, 8 heads in 2 key/value groups, FFN 1376, the
-// full 65,024-token vocabulary; 77.7 million parameters, 66.6 million of
-// them in the embeddings and the output layer) with random weights and a
-// SentencePiece tokenizer trained on GoEmotions. The engine loads it as
-// written (THUDM's tensor names); transformers loads a copy of the same
-// weights in its GlmForCausalLM layout. The messages are GoEmotions test
-// texts inside the default prompt template (internal/prompt).
 package main
 
 import (
@@ -23,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
@@ -39,17 +21,8 @@ import (
 	"github.com/emoflow/emoflow/internal/tokenizer"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	if err := run(ctx, os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "benchengine:", err)
-		os.Exit(1)
-	}
-}
-
-// options are the command line.
-type options struct {
+// engineOptions are emobench engine's command line.
+type engineOptions struct {
 	data, python, script  string
 	attention, cpuProfile string
 	dtypes                []tensor.DType
@@ -60,24 +33,11 @@ type options struct {
 	withHF                bool
 }
 
-func parseOptions(args []string) (options, error) {
-	cache := os.Getenv("EMOFLOW_CACHE")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache", "emoflow")
-	}
-	python := os.Getenv("EMOFLOW_PYTHON")
-	if python == "" {
-		python = filepath.Join(cache, "venv", "bin", "python")
-	}
-	data := filepath.Join("..", "shared", "data")
-	if s := os.Getenv("EMOFLOW_SHARED"); s != "" {
-		data = filepath.Join(s, "data")
-	}
-	var o options
-	fs := flag.NewFlagSet("benchengine", flag.ContinueOnError)
-	fs.StringVar(&o.data, "data", data, "shared data folder (GoEmotions)")
-	fs.StringVar(&o.python, "python", python, "Python with torch and transformers (EMOFLOW_PYTHON)")
+func parseEngineOptions(args []string) (engineOptions, error) {
+	var o engineOptions
+	fs := flag.NewFlagSet("emobench engine", flag.ContinueOnError)
+	fs.StringVar(&o.data, "data", defaultDataDir(), "shared data folder (GoEmotions)")
+	fs.StringVar(&o.python, "python", pythonPath(), "Python with torch and transformers (EMOFLOW_PYTHON)")
 	fs.StringVar(&o.script, "hf-script", filepath.Join("tools", "reference", "bench_hf.py"), "the transformers side")
 	fs.StringVar(&o.attention, "hf-attention", "eager", "transformers attention implementation (transformers 4.46 allows sdpa only from torch 2.1.1 on)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the engine side) to this file")
@@ -117,15 +77,15 @@ func parseOptions(args []string) (options, error) {
 	return o, nil
 }
 
-// config names one measured configuration.
-type config struct {
+// engineConfig names one measured configuration.
+type engineConfig struct {
 	side     string // "engine" or "transformers"
 	dtype    tensor.DType
 	batch    int
 	strategy string // transformers only
 }
 
-func (c config) String() string {
+func (c engineConfig) String() string {
 	s := fmt.Sprintf("%-12s %-8s batch %3d", c.side, c.dtype, c.batch)
 	if c.strategy != "" {
 		s += " " + c.strategy
@@ -133,8 +93,25 @@ func (c config) String() string {
 	return s
 }
 
-func run(ctx context.Context, args []string) error {
-	o, err := parseOptions(args)
+// runEngineBench is `emobench engine`: it measures how many chat messages
+// per second the engine labels with the seven Ekman emotions
+// (model.Scorer.Score in static batches of messages sorted by length) and
+// how many Hugging Face transformers labels, in PyTorch eager mode with the
+// same weights, dtype, thread count, prompt and exact label probabilities
+// (tools/reference/bench_hf.py, driven from here so that the two sides'
+// runs interleave). It prints the medians and, on its last line,
+// engine_vs_hf_eager=<ratio>. "./task bench:engine" runs it.
+//
+// The model is internal/benchmodel's: ChatGLM3-6B's architecture at a small
+// size (4 layers, hidden 512, 8 heads in 2 key/value groups, FFN 1376, the
+// full 65,024-token vocabulary; 77.7 million parameters, 66.6 million of
+// them in the embeddings and the output layer) with random weights and a
+// SentencePiece tokenizer trained on GoEmotions. The engine loads it as
+// written (THUDM's tensor names); transformers loads a copy of the same
+// weights in its GlmForCausalLM layout. The messages are GoEmotions test
+// texts inside the default prompt template (internal/prompt).
+func runEngineBench(ctx context.Context, args []string) error {
+	o, err := parseEngineOptions(args)
 	if err != nil {
 		return err
 	}
@@ -151,7 +128,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	w, p, err := buildWorkload(o.data, tok, o.messages)
+	w, p, err := buildEngineWorkload(o.data, tok, o.messages)
 	if err != nil {
 		return err
 	}
@@ -166,13 +143,13 @@ func run(ctx context.Context, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	b := &bench{o: o, w: w, scorers: map[tensor.DType]*model.Scorer{},
-		passes: map[config][]pass{}, agreement: map[tensor.DType]string{}}
+	b := &engineBench{o: o, w: w, scorers: map[tensor.DType]*model.Scorer{},
+		passes: map[engineConfig][]enginePass{}, agreement: map[tensor.DType]string{}}
 	defer b.close()
 	if err := b.loadEngine(modelDir, p); err != nil {
 		return err
 	}
-	describe(w, p, tok, b.labelBlock, o)
+	describeEngineBench(w, p, tok, b.labelBlock, o)
 	if o.withHF {
 		if err := b.startHF(hfDir); err != nil {
 			return err
@@ -181,27 +158,27 @@ func run(ctx context.Context, args []string) error {
 	if err := b.measure(ctx); err != nil {
 		return err
 	}
-	report(o, w, b.labelBlock, b.passes, b.agreement)
+	printEngineReport(o, w, b.labelBlock, b.passes, b.agreement)
 	return nil
 }
 
-// bench is one run: the engine's scorers, the transformers process and the
-// figures so far.
-type bench struct {
-	o          options
-	w          *workload
+// engineBench is one run of emobench engine: the engine's scorers, the
+// transformers process and the figures so far.
+type engineBench struct {
+	o          engineOptions
+	w          *engineWorkload
 	scorers    map[tensor.DType]*model.Scorer
 	labelBlock int // the engine's label block, in tokens
 	closers    []func()
 	hf         *hfSide
 
-	passes    map[config][]pass // in round order
+	passes    map[engineConfig][]enginePass // in round order
 	agreement map[tensor.DType]string
 }
 
 // loadEngine loads the model in every dtype and warms each scorer up, so
 // that libtorch's lazy initialisation stays out of the timing.
-func (b *bench) loadEngine(modelDir string, p model.Prompt) error {
+func (b *engineBench) loadEngine(modelDir string, p model.Prompt) error {
 	for _, dt := range b.o.dtypes {
 		m, err := model.Load(modelDir, model.Options{DType: dt})
 		if err != nil {
@@ -223,8 +200,8 @@ func (b *bench) loadEngine(modelDir string, p model.Prompt) error {
 }
 
 // startHF writes the workload for bench_hf.py and starts it on hfDir.
-func (b *bench) startHF(hfDir string) error {
-	f, err := os.CreateTemp("", "benchengine-workload-*.json")
+func (b *engineBench) startHF(hfDir string) error {
+	f, err := os.CreateTemp("", "emobench-engine-workload-*.json")
 	if err != nil {
 		return fmt.Errorf("workload: %w", err)
 	}
@@ -239,10 +216,10 @@ func (b *bench) startHF(hfDir string) error {
 
 // close ends the transformers process and frees the engine, last opened
 // first.
-func (b *bench) close() {
+func (b *engineBench) close() {
 	if b.hf != nil {
 		if err := b.hf.close(); err != nil {
-			fmt.Fprintln(os.Stderr, "benchengine:", err)
+			fmt.Fprintln(os.Stderr, "emobench engine:", err)
 		}
 	}
 	for i := len(b.closers) - 1; i >= 0; i-- {
@@ -253,7 +230,7 @@ func (b *bench) close() {
 // measure runs -repeats rounds of every configuration. Each engine pass is
 // followed by the transformers passes of the same dtype and batch size, so
 // that both sides meet about the same load of the machine.
-func (b *bench) measure(ctx context.Context) error {
+func (b *engineBench) measure(ctx context.Context) error {
 	n := float64(len(b.w.Texts))
 	for rep := 0; rep < b.o.repeats; rep++ {
 		for _, dt := range b.o.dtypes {
@@ -261,12 +238,12 @@ func (b *bench) measure(ctx context.Context) error {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
-				elapsed, cpu, engineLP, err := scoreAll(b.scorers[dt], b.w, bs)
+				elapsed, cpu, engineLP, err := scoreEngineWorkload(b.scorers[dt], b.w, bs)
 				if err != nil {
 					return err
 				}
-				b.record(rep, config{side: "engine", dtype: dt, batch: bs},
-					pass{rate: n / elapsed.Seconds(), cpuMS: 1000 * cpu.Seconds() / n})
+				b.record(rep, engineConfig{side: "engine", dtype: dt, batch: bs},
+					enginePass{rate: n / elapsed.Seconds(), cpuMS: 1000 * cpu.Seconds() / n})
 				if b.hf == nil {
 					continue
 				}
@@ -278,10 +255,10 @@ func (b *bench) measure(ctx context.Context) error {
 					if err != nil {
 						return err
 					}
-					b.record(rep, config{side: "transformers", dtype: dt, batch: bs, strategy: st},
-						pass{rate: float64(a.Messages) / a.Seconds, cpuMS: 1000 * a.CPUSeconds / float64(a.Messages)})
+					b.record(rep, engineConfig{side: "transformers", dtype: dt, batch: bs, strategy: st},
+						enginePass{rate: float64(a.Messages) / a.Seconds, cpuMS: 1000 * a.CPUSeconds / float64(a.Messages)})
 					if check {
-						if b.agreement[dt], err = compare(dt, engineLP, a.LogProbs); err != nil {
+						if b.agreement[dt], err = compareLogProbs(dt, engineLP, a.LogProbs); err != nil {
 							return err
 						}
 					}
@@ -293,14 +270,14 @@ func (b *bench) measure(ctx context.Context) error {
 }
 
 // record keeps a pass and shows it.
-func (b *bench) record(rep int, c config, p pass) {
+func (b *engineBench) record(rep int, c engineConfig, p enginePass) {
 	b.passes[c] = append(b.passes[c], p)
-	fmt.Fprintf(os.Stderr, "benchengine: round %d: %s: %.1f msgs/s, %.1f CPU ms per message\n", rep+1, c, p.rate, p.cpuMS)
+	fmt.Fprintf(os.Stderr, "emobench engine: round %d: %s: %.1f msgs/s, %.1f CPU ms per message\n", rep+1, c, p.rate, p.cpuMS)
 }
 
-// scoreAll scores every message of w in batches of bs and returns the
-// wall-clock and CPU time and the log-probabilities.
-func scoreAll(sc *model.Scorer, w *workload, bs int) (time.Duration, time.Duration, [][]float64, error) {
+// scoreEngineWorkload scores every message of w in batches of bs and
+// returns the wall-clock and CPU time and the log-probabilities.
+func scoreEngineWorkload(sc *model.Scorer, w *engineWorkload, bs int) (time.Duration, time.Duration, [][]float64, error) {
 	var logp [][]float64
 	start := time.Now()
 	cpu, err := processCPU()
@@ -331,9 +308,9 @@ func processCPU() (time.Duration, error) {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
-// compare checks that the engine and transformers computed the same
+// compareLogProbs checks that the engine and transformers computed the same
 // label log-probabilities, and describes how close they are.
-func compare(dt tensor.DType, engine, hf [][]float64) (string, error) {
+func compareLogProbs(dt tensor.DType, engine, hf [][]float64) (string, error) {
 	if len(engine) != len(hf) {
 		return "", fmt.Errorf("engine scored %d messages, transformers %d", len(engine), len(hf))
 	}
@@ -362,14 +339,4 @@ func argmax(xs []float64) int {
 		}
 	}
 	return best
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
 }

@@ -13,11 +13,11 @@ import (
 	"github.com/emoflow/emoflow/internal/tokenizer"
 )
 
-// describe prints what is measured.
-func describe(w *workload, p model.Prompt, tok tokenizer.Tokenizer, labelBlock int, o options) {
+// describeEngineBench prints what is measured.
+func describeEngineBench(w *engineWorkload, p model.Prompt, tok tokenizer.Tokenizer, labelBlock int, o engineOptions) {
 	sp := benchmodel.Spec()
 	fmt.Printf("model: ChatGLM3 architecture, %d layers, hidden %d, %d heads in %d key/value groups, FFN %d, vocabulary %d: %.1fM parameters, random weights\n",
-		sp.Layers, sp.Hidden, sp.Heads, sp.Groups, sp.FFN, sp.Vocab, float64(parameters())/1e6)
+		sp.Layers, sp.Hidden, sp.Heads, sp.Groups, sp.FFN, sp.Vocab, float64(benchModelParameters())/1e6)
 	fmt.Printf("tokenizer: %s, %d tokens (SentencePiece BPE trained on GoEmotions train)\n", tok.Family(), tok.VocabSize())
 	var lens []string
 	for _, l := range p.Labels {
@@ -50,21 +50,21 @@ func blockMACs() int {
 	return sp.Hidden*(sp.Heads+2*sp.Groups)*hd + sp.Heads*hd*sp.Hidden + 3*sp.Hidden*sp.FFN
 }
 
-// parameters counts the model's weights: the projections, the query/key/
-// value biases, the norms, the embeddings and the output layer.
-func parameters() int {
+// benchModelParameters counts the model's weights: the projections, the
+// query/key/value biases, the norms, the embeddings and the output layer.
+func benchModelParameters() int {
 	sp := benchmodel.Spec()
 	hd := sp.Hidden / sp.Heads
 	perLayer := blockMACs() + (sp.Heads+2*sp.Groups)*hd + 2*sp.Hidden
 	return 2*sp.Vocab*sp.Hidden + sp.Layers*perLayer + sp.Hidden
 }
 
-// work is the computation per message of one way of scoring.
-type work struct {
+// engineWork is the computation per message of one way of scoring.
+type engineWork struct {
 	blockTokens, realTokens, outputRows float64
 }
 
-func (wk work) String() string {
+func (wk engineWork) String() string {
 	sp := benchmodel.Spec()
 	blocks := wk.blockTokens * float64(sp.Layers*blockMACs())
 	head := wk.outputRows * float64(sp.Vocab*sp.Hidden)
@@ -72,10 +72,10 @@ func (wk work) String() string {
 		wk.blockTokens, 100*(1-wk.realTokens/wk.blockTokens), wk.outputRows, (blocks+head)/1e9, 100*head/(blocks+head))
 }
 
-// workOf counts the tokens a configuration puts through the blocks and
-// the output layer, per message. labelBlock is the engine's label block.
-func workOf(w *workload, c config, labelBlock int) work {
-	var wk work
+// engineWorkOf counts the tokens a configuration puts through the blocks
+// and the output layer, per message. labelBlock is the engine's label block.
+func engineWorkOf(w *engineWorkload, c engineConfig, labelBlock int) engineWork {
+	var wk engineWork
 	K := len(w.Labels)
 	labelTotal, labelMax := 0, 0
 	for _, l := range w.Labels {
@@ -114,7 +114,7 @@ func workOf(w *workload, c config, labelBlock int) work {
 		}
 	}
 	n := float64(len(w.Texts))
-	return work{wk.blockTokens / n, wk.realTokens / n, wk.outputRows / n}
+	return engineWork{wk.blockTokens / n, wk.realTokens / n, wk.outputRows / n}
 }
 
 // commonPrefix is the number of tokens every label starts with, short of
@@ -135,32 +135,32 @@ func commonPrefix(labels [][]int64) int {
 	return c
 }
 
-// pass is one pass over the messages.
-type pass struct {
+// enginePass is one pass over the messages.
+type enginePass struct {
 	rate  float64 // messages per second, wall clock
 	cpuMS float64 // CPU milliseconds per message, all threads of the side's process
 }
 
-// report prints the medians, the best configuration of each side per
-// dtype, their ratios and, last, engine_vs_hf_eager.
-func report(o options, w *workload, labelBlock int, passes map[config][]pass, agreement map[tensor.DType]string) {
-	var configs []config
+// printEngineReport prints the medians, the best configuration of each
+// side per dtype, their ratios and, last, engine_vs_hf_eager.
+func printEngineReport(o engineOptions, w *engineWorkload, labelBlock int, passes map[engineConfig][]enginePass, agreement map[tensor.DType]string) {
+	var configs []engineConfig
 	for c := range passes {
 		configs = append(configs, c)
 	}
-	slices.SortFunc(configs, func(a, b config) int {
+	slices.SortFunc(configs, func(a, b engineConfig) int {
 		return strings.Compare(fmt.Sprint(a.dtype, a.side, a.strategy, 1000+a.batch), fmt.Sprint(b.dtype, b.side, b.strategy, 1000+b.batch))
 	})
-	rate := func(c config, round int) float64 { return passes[c][round].rate }
-	medianOf := func(c config, f func(pass) float64) float64 {
+	rate := func(c engineConfig, round int) float64 { return passes[c][round].rate }
+	medianOf := func(c engineConfig, f func(enginePass) float64) float64 {
 		var xs []float64
 		for _, p := range passes[c] {
 			xs = append(xs, f(p))
 		}
 		return median(xs)
 	}
-	medianRate := func(c config) float64 { return medianOf(c, func(p pass) float64 { return p.rate }) }
-	medianCPU := func(c config) float64 { return medianOf(c, func(p pass) float64 { return p.cpuMS }) }
+	medianRate := func(c engineConfig) float64 { return medianOf(c, func(p enginePass) float64 { return p.rate }) }
+	medianCPU := func(c engineConfig) float64 { return medianOf(c, func(p enginePass) float64 { return p.cpuMS }) }
 	fmt.Println("\nmessages per second (median of the passes, every pass in brackets) and CPU ms per message (median):")
 	for _, c := range configs {
 		var runs []string
@@ -171,8 +171,8 @@ func report(o options, w *workload, labelBlock int, passes map[config][]pass, ag
 	}
 	// best is a side's configuration with the highest median rate (within
 	// one round with round >= 0).
-	best := func(side string, dt tensor.DType, round int) (config, float64) {
-		var bc config
+	best := func(side string, dt tensor.DType, round int) (engineConfig, float64) {
+		var bc engineConfig
 		bv := 0.0
 		for _, c := range configs {
 			if c.side != side || c.dtype != dt {
@@ -196,13 +196,13 @@ func report(o options, w *workload, labelBlock int, passes map[config][]pass, ag
 			fastest, fastestRate = dt, ev
 		}
 		fmt.Printf("%s: engine best at batch %d: %.1f msgs/s, %.1f CPU ms per message\n", dt, ec.batch, ev, medianCPU(ec))
-		fmt.Printf("  engine work per message:       %s\n", workOf(w, ec, labelBlock))
+		fmt.Printf("  engine work per message:       %s\n", engineWorkOf(w, ec, labelBlock))
 		if !o.withHF {
 			continue
 		}
 		hc, hv := best("transformers", dt, -1)
 		fmt.Printf("  transformers best: %s, batch %d: %.1f msgs/s, %.1f CPU ms per message\n", hc.strategy, hc.batch, hv, medianCPU(hc))
-		fmt.Printf("  transformers work per message: %s\n", workOf(w, hc, labelBlock))
+		fmt.Printf("  transformers work per message: %s\n", engineWorkOf(w, hc, labelBlock))
 		fmt.Printf("  agreement of the label log-probabilities: %s\n", agreement[dt])
 		// Each round's best against best: the two sides' passes of a round
 		// ran minutes apart at most, under about the same load.
