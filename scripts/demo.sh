@@ -28,9 +28,6 @@ if [ -z "$model" ]; then
 	# machine and two adapters trained on GoEmotions-ekman, built once by
 	# emoctl demo-model and cached by recipe under $EMOFLOW_CACHE.
 	say "Demo model (built on first use, about 10 minutes; cached afterwards)"
-	built=$(bin/emoctl demo-model -data-dir "${EMOFLOW_SHARED:-../shared}/data")
-	model=$built/base
-	adapter_args=(-adapters-dir "$built/adapters" -default-adapter ekman-lora)
 	cat <<'EOF'
 
   ┌──────────────────────────────────────────────────────────────────────┐
@@ -44,14 +41,9 @@ if [ -z "$model" ]; then
   │ EMOFLOW_DEMO_MODEL=/path/to/chatglm3-6b to use real ones.            │
   └──────────────────────────────────────────────────────────────────────┘
 EOF
-	python3 - "$built/summary.json" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-print("  Measured on the GoEmotions-ekman test split (%d messages, 7 labels; chance is about 0.14):" % s["test_examples"])
-for name in ("base", "ekman-lora", "ekman-ptuning"):
-    e = s["test"][name]
-    print("    %-14s accuracy %.3f   macro-F1 %.3f   weighted F1 %.3f" % (name, e["accuracy"], e["macro_f1"], e["weighted_f1"]))
-PY
+	built=$(bin/emoctl demo-model -data-dir "${EMOFLOW_SHARED:-../shared}/data")
+	model=$built/base
+	adapter_args=(-adapters-dir "$built/adapters" -default-adapter ekman-lora)
 fi
 
 pids=()
@@ -126,7 +118,7 @@ cat <<EOF
   ClickHouse:   clickhouse-client --port $ch_port --query "SELECT * FROM $db.label_counts_per_minute ORDER BY minute DESC LIMIT 20"
   Events topic: kcat -b $kafka -t emotion.events -C -o -5 -e
   Metrics:      curl -s http://127.0.0.1:8080/metrics | grep emoflow_   (classifier; ingest :9101, sink :9102 — while running)
-  Classify:     bin/classifier -model-dir $model, then
+  Classify:     bin/classifier -model-dir $model ${adapter_args[*]}, then
                 curl -s -XPOST 127.0.0.1:8080/v1/classify -d '{"texts":["I love this!"]}'
   Logs:         .local/demo/*.log
   Services keep running; stop them with ./task services:stop
