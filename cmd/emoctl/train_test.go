@@ -13,6 +13,7 @@ import (
 	"github.com/emoflow/emoflow/internal/model"
 	"github.com/emoflow/emoflow/internal/randmodel"
 	"github.com/emoflow/emoflow/internal/tensor"
+	"github.com/emoflow/emoflow/internal/testenv"
 	"github.com/emoflow/emoflow/internal/tokenizer"
 )
 
@@ -20,19 +21,11 @@ import (
 // SentencePiece tokenizer.
 func tinyBase(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
 	lines := []string{"what a lovely sunny day", "this is gloomy and sad", "I am furious about it", "joy sadness anger"}
 	for i := 0; i < 5; i++ {
 		lines = append(lines, lines...)
 	}
-	if err := randmodel.TrainTokenizer(t.Context(), dir, lines, 400); err != nil {
-		t.Fatalf("spm_train: %v", err)
-	}
-	spec := randmodel.Spec{Arch: "chatglm2", Layers: 1, Hidden: 32, Heads: 2, Groups: 1, FFN: 48, Vocab: 448, Seed: 1, Std: 0.1, EOSIDs: []int{2}}
-	if err := randmodel.Write(dir, spec); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return testenv.TinyModel(t, lines, 400, randmodel.Spec{Arch: "chatglm2", Layers: 1, Hidden: 32, Heads: 2, Groups: 1, FFN: 48, Vocab: 448, Seed: 1, Std: 0.1, EOSIDs: []int{2}})
 }
 
 // TestTrainCommandOnUserFiles trains from the user formats (JSONL and CSV)

@@ -229,25 +229,10 @@ func TestWindowKeepsArrivalOrder(t *testing.T) {
 // of the priority and above at the recent time per row, batches weighted
 // by their rows.
 func TestBacklogFollowsThePace(t *testing.T) {
-	var clock atomic.Int64
 	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
 	cfg := baseConfig()
 	cfg.Workers, cfg.MaxRows, cfg.MaxDelay, cfg.Window = 1, 4, 0, 4
-	b, err := New(cfg, func(ctx context.Context, batch *Batch[int]) ([]string, error) {
-		clock.Add(int64(20*time.Millisecond) + int64(len(batch.Payloads))*int64(5*time.Millisecond))
-		return e.run(ctx, batch)
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.now = func() time.Time { return time.Unix(0, clock.Load()) }
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	b.Start(ctx)
-	defer func() {
-		close(e.gate)
-		_ = b.Close(context.Background())
-	}()
+	b := newClockedTest(t, cfg, e, func(rows int) time.Duration { return 20*time.Millisecond + time.Duration(rows)*5*time.Millisecond })
 
 	var answered sync.WaitGroup
 	submitN := func(p Priority, n, from int) {
@@ -278,6 +263,29 @@ func TestBacklogFollowsThePace(t *testing.T) {
 	if d, ok := b.Backlog(Replay, 1); !ok || !near(d, 6*12500*time.Microsecond) {
 		t.Errorf("replay backlog = %v, %v; want 75ms (3 live + 2 replay queued + 1 new)", d, ok)
 	}
+}
+
+// newClockedTest starts a batcher whose clock stands still but for its
+// batches, each of which advances it by took(rows).
+func newClockedTest(t *testing.T, cfg Config, e *echo, took func(rows int) time.Duration) *Batcher[int, string] {
+	t.Helper()
+	var clock atomic.Int64
+	b, err := New(cfg, func(ctx context.Context, batch *Batch[int]) ([]string, error) {
+		clock.Add(int64(took(len(batch.Payloads))))
+		return e.run(ctx, batch)
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Start(ctx)
+	t.Cleanup(func() {
+		close(e.gate)
+		_ = b.Close(context.Background())
+		cancel()
+	})
+	return b
 }
 
 // runQueued submits one request per payload with its cost while occupy
@@ -518,25 +526,10 @@ func TestReleaseIsCalledOnceWhateverHappens(t *testing.T) {
 // before their batches would end, leads the next batch (beyond the window
 // and despite MinFill) instead of expiring in the queue.
 func TestUrgentRequestLeadsTheNextBatch(t *testing.T) {
-	var clock atomic.Int64
 	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
 	cfg := baseConfig()
 	cfg.Workers, cfg.MaxRows, cfg.MaxDelay, cfg.Window, cfg.MinFill = 1, 2, 0, 2, 0.9
-	b, err := New(cfg, func(ctx context.Context, batch *Batch[int]) ([]string, error) {
-		clock.Add(int64(10 * time.Second))
-		return e.run(ctx, batch)
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.now = func() time.Time { return time.Unix(0, clock.Load()) }
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	b.Start(ctx)
-	defer func() {
-		close(e.gate)
-		_ = b.Close(context.Background())
-	}()
+	b := newClockedTest(t, cfg, e, func(int) time.Duration { return 10 * time.Second })
 	occupy(t, b, e)
 	var wg sync.WaitGroup
 	results := make(map[int]error)

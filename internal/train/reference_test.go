@@ -120,25 +120,7 @@ func TestTrainingStepMatchesPEFT(t *testing.T) {
 	for name, c := range ref.Cases {
 		t.Run(name, func(t *testing.T) {
 			m := methodFromInit(t, base, filepath.Join(ref.dir, c.Init))
-			loss := func() (float64, model.LossStats) {
-				s := tensor.NewScope()
-				defer s.Close()
-				s.SetGrad(true)
-				tu, err := m.tuning(s)
-				if err != nil {
-					t.Fatal(err)
-				}
-				l, st, err := base.PromptLoss(s, p, ref.Rows, tu, model.LossOptions{PadTo: 8})
-				if err != nil {
-					t.Fatal(err)
-				}
-				v := s.Scalar(l)
-				s.Backward(l)
-				if err := s.Err(); err != nil {
-					t.Fatal(err)
-				}
-				return v, st
-			}
+			loss := func() (float64, model.LossStats) { return backward(t, base, m, p, ref.Rows) }
 			got, st := loss()
 			if st.Targets != c.Targets {
 				t.Fatalf("%d target tokens, the reference %d", st.Targets, c.Targets)
@@ -189,6 +171,29 @@ func TestTrainingStepMatchesPEFT(t *testing.T) {
 			}
 		})
 	}
+}
+
+// backward computes the loss of rows with m's current values and adds its
+// gradients to m's parameters.
+func backward(t *testing.T, base *model.Model, m method, p model.Prompt, rows []model.LossRow) (float64, model.LossStats) {
+	t.Helper()
+	s := tensor.NewScope()
+	defer s.Close()
+	s.SetGrad(true)
+	tu, err := m.tuning(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, st, err := base.PromptLoss(s, p, rows, tu, model.LossOptions{PadTo: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := s.Scalar(l)
+	s.Backward(l)
+	if err := s.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return v, st
 }
 
 func readTensors(t *testing.T, path string) map[string][]float32 {
@@ -270,21 +275,7 @@ func TestTrainedAdaptersLoadInPEFT(t *testing.T) {
 			}
 			defer opt.Free()
 			for step := 0; step < 3; step++ { // train the adapter away from its initial values
-				s := tensor.NewScope()
-				s.SetGrad(true)
-				tu, err := m.tuning(s)
-				if err != nil {
-					t.Fatal(err)
-				}
-				l, _, err := base.PromptLoss(s, p, ref.Rows, tu, model.LossOptions{PadTo: 8})
-				if err != nil {
-					t.Fatal(err)
-				}
-				s.Backward(l)
-				if err := s.Err(); err != nil {
-					t.Fatal(err)
-				}
-				s.Close()
+				backward(t, base, m, p, ref.Rows)
 				if _, err := opt.ClipAndStep(1e-2, 1); err != nil {
 					t.Fatal(err)
 				}

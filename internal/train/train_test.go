@@ -15,6 +15,7 @@ import (
 	"github.com/emoflow/emoflow/internal/prompt"
 	"github.com/emoflow/emoflow/internal/randmodel"
 	"github.com/emoflow/emoflow/internal/tensor"
+	"github.com/emoflow/emoflow/internal/testenv"
 	"github.com/emoflow/emoflow/internal/tokenizer"
 )
 
@@ -46,7 +47,6 @@ type fixture struct {
 
 func newFixture(t *testing.T, dtype tensor.DType) *fixture {
 	t.Helper()
-	dir := t.TempDir()
 	var lines []string
 	for _, e := range toyExamples(60) {
 		lines = append(lines, e.Text)
@@ -56,13 +56,7 @@ func newFixture(t *testing.T, dtype tensor.DType) *fixture {
 	for i := 0; i < 4; i++ {
 		lines = append(lines, lines...)
 	}
-	if err := randmodel.TrainTokenizer(t.Context(), dir, lines, 600); err != nil {
-		t.Fatalf("spm_train: %v", err)
-	}
-	spec := randmodel.Spec{Arch: "chatglm2", Layers: 2, Hidden: 64, Heads: 4, Groups: 2, FFN: 96, Vocab: 640, Seed: 5, Std: 0.1, EOSIDs: []int{2}}
-	if err := randmodel.Write(dir, spec); err != nil {
-		t.Fatal(err)
-	}
+	dir := testenv.TinyModel(t, lines, 600, randmodel.Spec{Arch: "chatglm2", Layers: 2, Hidden: 64, Heads: 4, Groups: 2, FFN: 96, Vocab: 640, Seed: 5, Std: 0.1, EOSIDs: []int{2}})
 	base, err := model.Load(dir, model.Options{DType: dtype})
 	if err != nil {
 		t.Fatal(err)
