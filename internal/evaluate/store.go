@@ -61,18 +61,25 @@ func OpenStore(ctx context.Context, o StoreOptions) (*Store, error) {
 		return nil, fmt.Errorf("clickhouse %s: %w", strings.Join(o.Addrs, ","), err)
 	}
 	s := &Store{conn: conn, db: o.Database, timeout: o.Timeout}
-	qctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
-	var n uint64
-	if err := conn.QueryRow(qctx, "SELECT count() FROM system.tables WHERE database = ? AND name = 'events_dedup'", o.Database).Scan(&n); err != nil {
+	if err := s.checkSchema(ctx); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("clickhouse %s: %w", strings.Join(o.Addrs, ","), err)
 	}
-	if n == 0 {
-		conn.Close()
-		return nil, fmt.Errorf("clickhouse database %q has no events_dedup view: is it the sink's -clickhouse-database?", o.Database)
-	}
 	return s, nil
+}
+
+// checkSchema checks that the database has the sink's events_dedup view.
+func (s *Store) checkSchema(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var n uint64
+	if err := s.conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name = 'events_dedup'", s.db).Scan(&n); err != nil {
+		return fmt.Errorf("look for %s.events_dedup: %w", s.db, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("database %q has no events_dedup view: is it the sink's -clickhouse-database?", s.db)
+	}
+	return nil
 }
 
 // Close closes the connections.

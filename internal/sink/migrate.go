@@ -109,19 +109,7 @@ type migrator struct {
 // recording the same version at once leave two rows until a merge, which
 // reading with DISTINCT does not see.
 func (m *migrator) Migrate(ctx context.Context, ms []migration) (applied, changed []int, err error) {
-	bootstrap := []string{
-		"CREATE DATABASE IF NOT EXISTS " + m.database,
-		`CREATE TABLE IF NOT EXISTS ` + m.database + `.schema_migrations
-(
-    version    UInt32,
-    name       String,
-    checksum   String,
-    applied_at DateTime('UTC')
-)
-ENGINE = ReplacingMergeTree(applied_at)
-ORDER BY version`,
-	}
-	for _, stmt := range bootstrap {
+	for _, stmt := range bootstrapStatements(m.database) {
 		if err := m.exec(ctx, stmt); err != nil {
 			return nil, nil, err
 		}
@@ -137,8 +125,7 @@ ORDER BY version`,
 			}
 			continue
 		}
-		for i, stmt := range mig.Statements {
-			stmt = strings.ReplaceAll(stmt, "${database}", m.database)
+		for i, stmt := range mig.statementsFor(m.database) {
 			if err := m.exec(ctx, stmt); err != nil {
 				return applied, changed, fmt.Errorf("migration %04d_%s statement %d: %w", mig.Version, mig.Name, i+1, err)
 			}
@@ -149,6 +136,54 @@ ORDER BY version`,
 		applied = append(applied, mig.Version)
 	}
 	return applied, changed, nil
+}
+
+// bootstrapStatements create the database and its schema_migrations table;
+// Migrate runs them before reading which versions are applied.
+func bootstrapStatements(database string) []string {
+	return []string{
+		"CREATE DATABASE IF NOT EXISTS " + database,
+		`CREATE TABLE IF NOT EXISTS ` + database + `.schema_migrations
+(
+    version    UInt32,
+    name       String,
+    checksum   String,
+    applied_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree(applied_at)
+ORDER BY version`,
+	}
+}
+
+// statementsFor returns the migration's statements for database, with
+// "${database}" replaced, as Migrate runs them.
+func (mig migration) statementsFor(database string) []string {
+	out := make([]string, len(mig.Statements))
+	for i, stmt := range mig.Statements {
+		out[i] = strings.ReplaceAll(stmt, "${database}", database)
+	}
+	return out
+}
+
+// SchemaStatements returns the DDL that the sink runs on an empty database
+// at start-up, in order: the bootstrap of schema_migrations, then every
+// embedded migration's statements with "${database}" replaced by database.
+// It leaves out the reads and inserts of schema_migrations. It is the
+// schema as the sink makes it, for running on other engines (the tests
+// that check it on a current ClickHouse release).
+func SchemaStatements(database string) ([]string, error) {
+	if !databaseName.MatchString(database) {
+		return nil, fmt.Errorf("clickhouse database %q: want a plain identifier", database)
+	}
+	ms, err := loadMigrations(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	stmts := bootstrapStatements(database)
+	for _, mig := range ms {
+		stmts = append(stmts, mig.statementsFor(database)...)
+	}
+	return stmts, nil
 }
 
 func (m *migrator) exec(ctx context.Context, stmt string) error {

@@ -1,0 +1,238 @@
+package sink
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emoflow/emoflow/internal/testenv"
+)
+
+// demoQueries returns the ClickHouse queries of scripts/demo.sh (its q
+// "SELECT ..." calls and the clickhouse-client --query hint at the end),
+// with the script's $db, $run and $n replaced and any trailing FORMAT
+// clause removed, so that the test runs the demo's own text.
+func demoQueries(t *testing.T, db, run string, n int) []string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "scripts", "demo.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := regexp.MustCompile(`(?:\bq|--query) "(SELECT [^"]*)"`).FindAllStringSubmatch(string(raw), -1)
+	if len(found) < 5 {
+		t.Fatalf("scripts/demo.sh: found %d queries, want the 5 it had when this test was written", len(found))
+	}
+	vars := strings.NewReplacer("$db", db, "$run", run, "$n", strconv.Itoa(n))
+	format := regexp.MustCompile(`\s+FORMAT\s+\w+\s*$`)
+	var out []string
+	for _, m := range found {
+		q := format.ReplaceAllString(vars.Replace(m[1]), "")
+		if strings.Contains(q, "$") {
+			t.Fatalf("scripts/demo.sh query with a variable this test does not know: %s", m[1])
+		}
+		out = append(out, q)
+	}
+	return out
+}
+
+// steppingClock returns times a minute apart from start, one per call.
+func steppingClock(start time.Time) func() time.Time {
+	next := start
+	return func() time.Time {
+		now := next
+		next = next.Add(time.Minute)
+		return now
+	}
+}
+
+// TestCurrentClickHouse runs what the sink sends to ClickHouse (the
+// migrations with their schema_migrations bookkeeping, then inserts of
+// events, redelivered ones included) and the demo's queries on a current
+// ClickHouse release in-process (chDB), checks the deduplicated view and
+// the per-minute counts there, and then replays the same statements on the
+// 18.16 server and compares every query's rows.
+func TestCurrentClickHouse(t *testing.T) {
+	db := testenv.Name(t, "current")
+	rec := &testenv.RecordingConn{}
+	ctx := context.Background()
+
+	// The sink's statements, recorded as the sink sends them.
+	ms, err := loadMigrations(migrationFiles, "migrations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := (&migrator{conn: rec, database: db, timeout: time.Minute}).Migrate(ctx, ms); err != nil {
+		t.Fatal(err)
+	}
+	migration := rec.Statements()
+	schema, err := SchemaStatements(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ddl []testenv.Statement
+	for _, s := range migration {
+		if s.Kind == testenv.Exec {
+			ddl = append(ddl, s)
+		}
+	}
+	if len(ddl) != len(schema) {
+		t.Fatalf("Migrate ran %d statements, SchemaStatements has %d", len(ddl), len(schema))
+	}
+	for i := range ddl {
+		if ddl[i].SQL != schema[i] {
+			t.Fatalf("statement %d: Migrate ran\n%s\nSchemaStatements has\n%s", i+1, ddl[i].SQL, schema[i])
+		}
+	}
+
+	base := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	ev := func(id, tenant, label, trueLabel string, sent time.Time, pipelineMs float32, cacheHit bool) eventRow {
+		return eventRow{
+			MessageID: id, Adapter: "emo@1", RunID: "live", ConversationID: "c-" + tenant, Tenant: tenant,
+			SpeakerRole: "customer", Language: "en", TextFingerprint: "fp-" + id, Text: "it's \\ \"quoted\"",
+			Label: label, ProbLabels: []string{"joy", label}, ProbValues: []float32{0.25, 0.75}, TrueLabel: trueLabel,
+			Model: "m", LabelSet: "ekman", CacheHit: cacheHit, SentAt: sent, ReceivedAt: sent.Add(time.Second),
+			ClassifiedAt: sent.Add(2 * time.Second), CacheMs: 0.5, ClassifyMs: 2, PipelineMs: pipelineMs,
+			SourceTopic: "chat", SourcePartition: 1, SourceOffset: 7, EventPartition: 2, EventOffset: 9,
+		}
+	}
+	demo1 := ev("demo-1", "acme", "joy", "joy", base.Add(10*time.Second), 10, false)
+	demo3 := ev("demo-3", "acme", "anger", "anger", base.Add(65*time.Second), 30, false)
+	demo5 := ev("demo-5", "beta", "sadness", "sadness", base.Add(-12*time.Hour-time.Second), 50, false) // February
+	batches := [][]eventRow{
+		{
+			demo1,
+			ev("demo-2", "acme", "joy", "sadness", base.Add(40*time.Second), 20, true),
+			demo3,
+			ev("demo-4", "beta", "joy", "", base.Add(110*time.Second), 40, false),
+			demo5,
+			ev("other-1", "acme", "joy", "", base.Add(20*time.Second), 5, false),
+		},
+		// Redelivered after a crash: the same events in a later insert.
+		{demo1, demo5},
+		// A batch holding an event twice, and one new event.
+		{demo3, demo3, ev("demo-6", "acme", "fear", "", base.Add(90*time.Second), 60, false)},
+	}
+	store := &clickhouseStore{conn: rec, database: db, now: steppingClock(base.Add(5 * time.Minute))}
+	for _, b := range batches {
+		if err := store.Insert(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inserts := 0
+	for _, s := range rec.Statements()[len(migration):] {
+		if s.Kind != testenv.Insert {
+			t.Fatalf("Insert sent %s %s", s.Kind, s.SQL)
+		}
+		inserts++
+	}
+	if inserts != 5 { // the first two batches span two months each
+		t.Fatalf("%d inserts, want 5", inserts)
+	}
+	// Then the sink's read of the applied versions (what a restarted sink
+	// sends after the bootstrap), the migrations' DDL once more (as a sink
+	// whose migration was interrupted runs it again: a no-op over the
+	// existing tables and rows), and the read again.
+	if _, err := (&migrator{conn: rec, database: db, timeout: time.Minute}).recorded(ctx); err != nil {
+		t.Fatal(err)
+	}
+	statements := append(rec.Statements(), ddl...)
+	statements = append(statements, rec.Statements()[len(rec.Statements())-1])
+
+	// What the test reads: the deduplicated view, FINAL, the per-minute
+	// counts, and the demo's queries.
+	checks := map[string]int{}
+	check := func(name, sql string) {
+		checks[name] = len(statements)
+		statements = append(statements, testenv.Statement{Kind: testenv.Query, SQL: sql})
+	}
+	checks["schema_migrations"] = len(statements) - 1
+	check("dedup", "SELECT message_id, tenant, label, inserted_at, prob_values FROM "+db+".events_dedup ORDER BY message_id")
+	check("final", "SELECT count(), uniqExact(message_id), any(text) FROM "+db+".events FINAL")
+	check("per minute", "SELECT minute, tenant, adapter, run_id, label, messages FROM "+db+".label_counts_per_minute")
+	demo := demoQueries(t, db, "demo", 6)
+	for i, q := range demo {
+		check("demo "+strconv.Itoa(i+1), q)
+	}
+
+	run := testenv.RunCurrentClickHouse(t, statements)
+	t.Logf("ClickHouse %s (chDB): %d statements in %.2fs", run.Version, len(statements), run.Seconds)
+	if major, _ := strconv.Atoi(strings.Split(run.Version, ".")[0]); major < 24 {
+		t.Errorf("chDB runs ClickHouse %s, not a current release", run.Version)
+	}
+	failed := false
+	for i, r := range run.Results {
+		if r.Error != "" {
+			failed = true
+			t.Errorf("ClickHouse %s refused statement %d (%s):\n%s\n%s", run.Version, i+1, statements[i].Kind, firstLine(statements[i].SQL), r.Error)
+		}
+	}
+	if failed {
+		t.FailNow()
+	}
+
+	want := map[string][][]string{
+		"schema_migrations": {{"1", ms[0].Checksum}, {"2", ms[1].Checksum}},
+		// demo-1 and demo-5 from the redelivery (inserted at 12:06), demo-3
+		// from the third insert (12:07).
+		"dedup": {
+			{"demo-1", "acme", "joy", "2025-03-01 12:06:00", "[0.25,0.75]"},
+			{"demo-2", "acme", "joy", "2025-03-01 12:05:00", "[0.25,0.75]"},
+			{"demo-3", "acme", "anger", "2025-03-01 12:07:00", "[0.25,0.75]"},
+			{"demo-4", "beta", "joy", "2025-03-01 12:05:00", "[0.25,0.75]"},
+			{"demo-5", "beta", "sadness", "2025-03-01 12:06:00", "[0.25,0.75]"},
+			{"demo-6", "acme", "fear", "2025-03-01 12:07:00", "[0.25,0.75]"},
+			{"other-1", "acme", "joy", "2025-03-01 12:05:00", "[0.25,0.75]"},
+		},
+		"final": {{"7", "7", `it's \ "quoted"`}},
+		"per minute": {
+			{"2025-02-28 23:59:00", "beta", "emo@1", "live", "sadness", "1"},
+			{"2025-03-01 12:00:00", "acme", "emo@1", "live", "joy", "3"},
+			{"2025-03-01 12:01:00", "acme", "emo@1", "live", "anger", "1"},
+			{"2025-03-01 12:01:00", "acme", "emo@1", "live", "fear", "1"},
+			{"2025-03-01 12:01:00", "beta", "emo@1", "live", "joy", "1"},
+		},
+		// The demo: rows seen, rows by label, latency and cache,
+		// agreement, and the per-minute counts, newest first.
+		"demo 1": {{"6"}},
+		"demo 2": {{"joy", "3", "50"}, {"anger", "1", "16.7"}, {"sadness", "1", "16.7"}, {"fear", "1", "16.7"}},
+		"demo 3": {{"6", "1", "35", "59.5", "2"}},
+		"demo 4": {{"3", "4", "75"}},
+	}
+	for name, rows := range want {
+		got := run.Results[checks[name]]
+		if err := testenv.SameRows(got, testenv.Result{Columns: got.Columns, Data: rows}); err != nil {
+			t.Errorf("%s on ClickHouse %s: %v\n%s", name, run.Version, err, statements[checks[name]].SQL)
+		}
+	}
+	if got := run.Results[checks["dedup"]].Data; len(got) == 7 && got[0][0] != "demo-1" {
+		t.Errorf("dedup: not ordered by message id: %v", got)
+	}
+	perMinute := run.Results[checks["demo 5"]]
+	if err := testenv.SameRows(perMinute, testenv.Result{Columns: perMinute.Columns, Data: want["per minute"]}); err != nil {
+		t.Errorf("the demo's per-minute query: %v", err)
+	}
+	if t.Failed() {
+		return
+	}
+
+	t.Run("same rows on 18.16", func(t *testing.T) {
+		conn, err := openClickHouse(clickhouseOptions{Addrs: splitList(testenv.ClickHouse(t)), User: "default", Timeout: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db); err != nil {
+				t.Logf("drop database: %v", err)
+			}
+			conn.Close()
+		})
+		testenv.CompareOnServer(t, conn, statements, run)
+	})
+}
