@@ -76,6 +76,9 @@ func (r Report) WriteHTML(w io.Writer) error {
 	for _, p := range r.History {
 		losses = append(losses, xy{float64(p.Step), p.Loss})
 	}
+	// Per-update losses of small batches are noisy: the trend is drawn
+	// over them as a moving mean of 5% of the updates.
+	smooth := movingMean(losses, max(1, len(losses)/20))
 	for _, e := range r.Evals {
 		evals = append(evals, xy{float64(e.Step), e.MacroF1})
 	}
@@ -83,7 +86,7 @@ func (r Report) WriteHTML(w io.Writer) error {
 	err := reportBody.Execute(&body, struct {
 		Report
 		LossChart, EvalChart template.HTML
-	}{r, lineChart("training loss (mean over the answer tokens)", losses), lineChart("dev macro-F1", evals)})
+	}{r, lineChart("training loss (mean over the answer tokens; dark: moving mean)", losses, smooth), lineChart("dev macro-F1", evals, nil)})
 	if err != nil {
 		return err
 	}
@@ -92,8 +95,23 @@ func (r Report) WriteHTML(w io.Writer) error {
 
 type xy struct{ X, Y float64 }
 
-// lineChart draws points as an SVG polyline with its axes' ranges.
-func lineChart(title string, pts []xy) template.HTML {
+// movingMean is the mean of each point's window of n points ending at it.
+func movingMean(pts []xy, n int) []xy {
+	out := make([]xy, len(pts))
+	sum := 0.0
+	for i, p := range pts {
+		sum += p.Y
+		if i >= n {
+			sum -= pts[i-n].Y
+		}
+		out[i] = xy{p.X, sum / float64(min(i+1, n))}
+	}
+	return out
+}
+
+// lineChart draws points as an SVG polyline with its axes' ranges, and
+// trend (when not nil) as a darker line over it.
+func lineChart(title string, pts, trend []xy) template.HTML {
 	if len(pts) == 0 {
 		return ""
 	}
@@ -109,29 +127,37 @@ func lineChart(title string, pts []xy) template.HTML {
 	if maxY == minY {
 		maxY = minY + 1
 	}
-	var path strings.Builder
-	for _, p := range pts {
-		x := left + (p.X-minX)/(maxX-minX)*(W-left-8)
-		y := 20 + (1-(p.Y-minY)/(maxY-minY))*(H-bottom-28)
-		fmt.Fprintf(&path, "%.1f,%.1f ", x, y)
+	points := func(ps []xy) string {
+		var b strings.Builder
+		for _, p := range ps {
+			x := left + (p.X-minX)/(maxX-minX)*(W-left-8)
+			y := 20 + (1-(p.Y-minY)/(maxY-minY))*(H-bottom-28)
+			fmt.Fprintf(&b, "%.1f,%.1f ", x, y)
+		}
+		return b.String()
 	}
-	marks := ""
+	line := points(pts)
+	colour, over := "#1f77b4", ""
+	if trend != nil {
+		colour = "#9ecae1"
+		over = fmt.Sprintf(`<polyline fill="none" stroke="#08519c" stroke-width="2" points="%s"></polyline>`, points(trend))
+	}
 	if len(pts) < 40 {
-		for _, f := range strings.Fields(path.String()) {
+		for _, f := range strings.Fields(line) {
 			xy := strings.Split(f, ",")
-			marks += fmt.Sprintf(`<circle cx="%s" cy="%s" r="3" fill="#1f77b4"></circle>`, xy[0], xy[1])
+			over += fmt.Sprintf(`<circle cx="%s" cy="%s" r="3" fill="%s"></circle>`, xy[0], xy[1], colour)
 		}
 	}
 	svg := fmt.Sprintf(`<svg width="%.0f" height="%.0f" role="img"><text x="%.0f" y="14">%s</text>`+
 		`<line x1="%.0f" y1="20" x2="%.0f" y2="%.0f" stroke="#999"></line><line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="#999"></line>`+
 		`<text x="%.0f" y="26" text-anchor="end">%.3g</text><text x="%.0f" y="%.0f" text-anchor="end">%.3g</text>`+
 		`<text x="%.0f" y="%.0f">%.0f</text><text x="%.0f" y="%.0f" text-anchor="end">update %.0f</text>`+
-		`<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="%s"></polyline>%s</svg>`,
+		`<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"></polyline>%s</svg>`,
 		W, H, left, template.HTMLEscapeString(title),
 		left, left, H-bottom, left, H-bottom, W-8, H-bottom,
 		left-4, maxY, left-4, H-bottom, minY,
 		left, H-6, minX, W-8, H-6, maxX,
-		path.String(), marks)
+		colour, line, over)
 	return template.HTML(svg)
 }
 

@@ -125,6 +125,10 @@ func TestTrainingLearnsTheToyTaskAndServes(t *testing.T) {
 					t.Error(err)
 				}
 			}
+			page, _ := os.ReadFile(filepath.Join(res.Dir, "training-report.html"))
+			if n := strings.Count(string(page), "<polyline"); n != 3 {
+				t.Errorf("the report draws %d lines, want the loss, its moving mean and the dev curve", n)
+			}
 			if _, err := os.Stat(filepath.Join(filepath.Dir(res.Dir), ".toy.train")); !os.IsNotExist(err) {
 				t.Errorf("work folder left behind: %v", err)
 			}
