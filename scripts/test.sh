@@ -18,3 +18,20 @@ echo "test: go vet ./..." >&2
 go vet ./...
 echo "test: go test -race ./..." >&2
 go test -race -count=1 -timeout 45m "$@" ./...
+# Fuzzing: every fuzz target (func FuzzXxx in a _test.go file) runs for
+# EMOFLOW_FUZZ_TIME (default 3s; 0 skips this stage), one package and one
+# target per go test, as -fuzz requires. The run above has replayed their
+# seed corpora (testdata/fuzz). A finding fails the run and go test writes
+# the input to the package's testdata/fuzz/FuzzXxx/: commit it with the fix
+# as a regression seed. -fuzzminimizetime keeps the short runs fuzzing
+# rather than minimizing each new input.
+fuzztime=${EMOFLOW_FUZZ_TIME:-3s}
+if [[ $fuzztime != 0 ]]; then
+	mapfile -t targets < <(grep -rHoE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]+' cmd internal | sort)
+	echo "test: go test -fuzz, ${#targets[@]} targets for $fuzztime each" >&2
+	for target in "${targets[@]}"; do
+		file=${target%%:*}
+		echo "test: ${target##*func } in ./${file%/*}" >&2
+		go test -run='^$' -fuzz="^${target##*func }\$" -fuzztime="$fuzztime" -fuzzminimizetime=1s "./${file%/*}"
+	done
+fi

@@ -140,6 +140,9 @@ func readPEFTLoRA(dir string, base *model.Model) ([]model.LoRAPart, error) {
 		if pr, ok := patternValue(cfg.RankPattern, path); ok {
 			r = pr
 		}
+		if r <= 0 {
+			return nil, fmt.Errorf("adapter_config.json: rank_pattern gives %s rank %d; ranks must be positive", path, r)
+		}
 		if p.rankA != r || p.rankB != r {
 			return nil, fmt.Errorf("LoRA weights: %s has rank %d (A) / %d (B) but adapter_config.json says %d: rank mismatch", path, p.rankA, p.rankB, r)
 		}
@@ -150,6 +153,11 @@ func readPEFTLoRA(dir string, base *model.Model) ([]model.LoRAPart, error) {
 		scale := alpha / float64(r)
 		if cfg.UseRSLoRA {
 			scale = alpha / math.Sqrt(float64(r))
+		}
+		// The engine scales in float32: a larger scale would be +Inf there
+		// and turn every output into NaN.
+		if math.Abs(scale) > math.MaxFloat32 {
+			return nil, fmt.Errorf("adapter_config.json: lora_alpha %g gives %s a scale of %g, beyond float32", alpha, path, scale)
 		}
 		parts = append(parts, model.LoRAPart{Layer: p.layer, Target: p.module, Rank: r, A: p.a, B: p.b, Scale: scale})
 	}

@@ -6,7 +6,6 @@
 package classifier
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -290,60 +289,15 @@ func (s *server) classify(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, classifyapi.CodeTooLarge, fmt.Sprintf("request body over %d bytes", limit))
 		return
 	}
-	if !utf8.Valid(body) {
-		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "request body is not valid UTF-8")
-		return
-	}
-	var req classifyapi.ClassifyRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "malformed JSON: "+err.Error())
-		return
-	}
-	if dec.More() {
-		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "malformed JSON: trailing data")
-		return
-	}
-	switch {
-	case len(req.Texts) == 0:
-		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "texts must hold at least one text")
-		return
-	case len(req.Texts) > s.cfg.MaxTexts:
-		outcome = "too_large"
-		writeError(w, http.StatusRequestEntityTooLarge, classifyapi.CodeTooLarge, fmt.Sprintf("%d texts exceed the limit of %d per request", len(req.Texts), s.cfg.MaxTexts))
-		return
-	}
-	for i, t := range req.Texts {
-		if code, msg := validText(t, s.cfg.MaxTextBytes); code != "" {
-			status := http.StatusBadRequest
-			if code == classifyapi.CodeTooLarge {
-				status, outcome = http.StatusRequestEntityTooLarge, "too_large"
-			}
-			writeError(w, status, code, fmt.Sprintf("texts[%d]: %s", i, msg))
-			return
+	in, bad := s.cfg.parseClassify(body)
+	if bad != nil {
+		if bad.status == http.StatusRequestEntityTooLarge {
+			outcome = "too_large"
 		}
-	}
-	var prio batcher.Priority
-	switch req.Priority {
-	case "", classifyapi.PriorityLive:
-		prio = batcher.Live
-	case classifyapi.PriorityReplay:
-		prio = batcher.Replay
-	default:
-		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, fmt.Sprintf("priority must be %q or %q, got %q", classifyapi.PriorityLive, classifyapi.PriorityReplay, req.Priority))
+		writeError(w, bad.status, bad.code, bad.msg)
 		return
 	}
-	deadline := s.cfg.DefaultDL
-	switch {
-	case req.DeadlineMs < 0:
-		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "deadline_ms must not be negative")
-		return
-	case time.Duration(req.DeadlineMs)*time.Millisecond > s.cfg.MaxDL:
-		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, fmt.Sprintf("deadline_ms %d exceeds the maximum of %d", req.DeadlineMs, s.cfg.MaxDL.Milliseconds()))
-		return
-	case req.DeadlineMs > 0:
-		deadline = time.Duration(req.DeadlineMs) * time.Millisecond
-	}
+	req, prio, deadline := in.req, in.prio, in.deadline
 	h, err := s.eng.reg.Acquire(req.Adapter)
 	if err != nil {
 		if errors.Is(err, adapters.ErrUnknown) {
@@ -438,6 +392,75 @@ func (s *server) classify(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
+// classifyInput is a POST /v1/classify body, decoded and checked.
+type classifyInput struct {
+	req      classifyapi.ClassifyRequest
+	prio     batcher.Priority
+	deadline time.Duration
+}
+
+// requestError is a request refused before any work is done.
+type requestError struct {
+	status    int
+	code, msg string
+}
+
+func badRequest(format string, args ...any) *requestError {
+	return &requestError{status: http.StatusBadRequest, code: classifyapi.CodeBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+// parseClassify decodes and checks a POST /v1/classify body (already cut
+// to the size limit) against c's limits. The adapter is checked later,
+// against the registry.
+func (c *Component) parseClassify(body []byte) (classifyInput, *requestError) {
+	var in classifyInput
+	if !utf8.Valid(body) {
+		return in, badRequest("request body is not valid UTF-8")
+	}
+	req := &in.req
+	// Unmarshal, not a Decoder: a Decoder's More() lets a stray ']' or '}'
+	// after the object through.
+	if err := json.Unmarshal(body, req); err != nil {
+		return in, badRequest("malformed JSON: %v", err)
+	}
+	switch {
+	case len(req.Texts) == 0:
+		return in, badRequest("texts must hold at least one text")
+	case len(req.Texts) > c.MaxTexts:
+		return in, &requestError{http.StatusRequestEntityTooLarge, classifyapi.CodeTooLarge,
+			fmt.Sprintf("%d texts exceed the limit of %d per request", len(req.Texts), c.MaxTexts)}
+	}
+	for i, t := range req.Texts {
+		if code, msg := validText(t, c.MaxTextBytes); code != "" {
+			status := http.StatusBadRequest
+			if code == classifyapi.CodeTooLarge {
+				status = http.StatusRequestEntityTooLarge
+			}
+			return in, &requestError{status, code, fmt.Sprintf("texts[%d]: %s", i, msg)}
+		}
+	}
+	switch req.Priority {
+	case "", classifyapi.PriorityLive:
+		in.prio = batcher.Live
+	case classifyapi.PriorityReplay:
+		in.prio = batcher.Replay
+	default:
+		return in, badRequest("priority must be %q or %q, got %q", classifyapi.PriorityLive, classifyapi.PriorityReplay, req.Priority)
+	}
+	in.deadline = c.DefaultDL
+	switch {
+	case req.DeadlineMs < 0:
+		return in, badRequest("deadline_ms must not be negative")
+	// Compared in milliseconds: deadline_ms as a Duration overflows from
+	// about 9.2e12 on and would pass as a negative deadline.
+	case req.DeadlineMs > c.MaxDL.Milliseconds():
+		return in, badRequest("deadline_ms %d exceeds the maximum of %d", req.DeadlineMs, c.MaxDL.Milliseconds())
+	case req.DeadlineMs > 0:
+		in.deadline = time.Duration(req.DeadlineMs) * time.Millisecond
+	}
+	return in, nil
+}
+
 // firstError picks the error that explains a failed request: a failure of
 // its own (overload, a computation error) before a passed deadline, and
 // both before the cancellations one failed text causes in its siblings.
@@ -479,9 +502,14 @@ func (s *server) admin(next http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// decodeBody decodes an admin request body: one JSON value of at most 64
+// KiB, with nothing after it.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<16))
+	if err == nil {
+		err = json.Unmarshal(body, v)
+	}
+	if err != nil {
 		writeError(w, http.StatusBadRequest, classifyapi.CodeBadRequest, "malformed JSON: "+err.Error())
 		return false
 	}

@@ -141,6 +141,8 @@ func TestBadRequestsGetClearErrors(t *testing.T) {
 		{"invalid priority", []byte(`{"texts": ["hi"], "priority": "urgent"}`), 400, classifyapi.CodeBadRequest},
 		{"negative deadline", []byte(`{"texts": ["hi"], "deadline_ms": -5}`), 400, classifyapi.CodeBadRequest},
 		{"deadline too long", []byte(`{"texts": ["hi"], "deadline_ms": 86400000}`), 400, classifyapi.CodeBadRequest},
+		{"deadline overflowing a Duration", []byte(`{"texts": ["hi"], "deadline_ms": 9223372036855}`), 400, classifyapi.CodeBadRequest},
+		{"trailing brace", []byte(`{"texts": ["hi"]}}`), 400, classifyapi.CodeBadRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, raw := post(t, base+"/v1/classify", tc.body)

@@ -153,25 +153,30 @@ func validRole(r string) bool {
 // NormalizeText is the normalisation applied to every message text before it
 // is cached or classified:
 //
-//  1. Unicode NFC, so that composed and decomposed accents are one text;
-//  2. control and format characters (other than newline and tab) removed,
-//     zero-width spaces and BOMs among them;
+//  1. control and format characters (other than white space) removed,
+//     zero-width spaces and BOMs among them, and invalid UTF-8 with them;
+//  2. Unicode NFC, so that composed and decomposed accents are one text;
 //  3. every run of white space (newlines and tabs included) becomes one
 //     ASCII space, and leading and trailing space is dropped.
 //
+// Removing before composing makes it idempotent: a format character between
+// a letter and its accent, removed after NFC, would leave the pair
+// uncomposed and the text different from its own normalisation.
 // Letter case and punctuation are kept: "I AM FINE!!!" and "i am fine" can
 // carry different emotions.
 func NormalizeText(s string) string {
-	s = norm.NFC.String(s)
+	s = norm.NFC.String(strings.Map(func(r rune) rune {
+		if !unicode.IsSpace(r) && (unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == utf8.RuneError) {
+			return -1
+		}
+		return r
+	}, s))
 	var b strings.Builder
 	b.Grow(len(s))
 	space := false
 	for _, r := range s {
-		switch {
-		case unicode.IsSpace(r):
+		if unicode.IsSpace(r) {
 			space = true
-			continue
-		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == utf8.RuneError:
 			continue
 		}
 		if space && b.Len() > 0 {

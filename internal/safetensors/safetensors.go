@@ -135,6 +135,11 @@ func (f *File) parseHeader() error {
 			}
 			numel *= d
 		}
+		// Checked too, or a huge shape whose byte count wraps to the range's
+		// length would pass the check below.
+		if numel > math.MaxInt64/int64(es) {
+			return fmt.Errorf("tensor %q: shape %v of %s is too large", name, h.Shape, h.DType)
+		}
 		b, e := h.DataOffsets[0], h.DataOffsets[1]
 		if b < 0 || e < b || e > dataLen {
 			return fmt.Errorf("tensor %q: byte range [%d, %d) outside the %d data bytes (truncated file?)", name, b, e, dataLen)

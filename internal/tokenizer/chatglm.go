@@ -38,8 +38,8 @@ func chatGLM6BSpecial() []string {
 // tokenizer's num_image_tokens (0 for the current THUDM/chatglm-6b, see
 // DefaultImageTokens).
 func NewChatGLM(sp *SentencePiece, imageTokens int) (Tokenizer, error) {
-	if imageTokens < 0 {
-		return nil, fmt.Errorf("chatglm-6b: negative num_image_tokens %d", imageTokens)
+	if imageTokens < 0 || imageTokens > maxVocab-sp.VocabSize() {
+		return nil, fmt.Errorf("%w: chatglm-6b num_image_tokens %d is negative or makes more than %d ids", ErrCorrupt, imageTokens, maxVocab)
 	}
 	t := &chatGLM6B{sp: sp, imageTokens: imageTokens, special: newSpecialTable()}
 	for _, name := range chatGLM6BSpecial() {

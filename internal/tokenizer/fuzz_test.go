@@ -1,7 +1,12 @@
 package tokenizer
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -110,6 +115,129 @@ func FuzzChatGLMPreprocess(f *testing.F) {
 		}
 		if got := chatGLMPostprocess(chatGLMPreprocess(s)); got != s {
 			t.Fatalf("round trip of %q gave %q", s, got)
+		}
+	})
+}
+
+// FuzzParseByteBPE feeds arbitrary bytes to the GLM-4 (tiktoken) vocabulary
+// reader: a refusal is a *FileError wrapping ErrCorrupt; an accepted
+// vocabulary has no more tokens than lines, holds every single byte, and
+// encodes any text to ids of its own whose bytes are the text's.
+func FuzzParseByteBPE(f *testing.F) {
+	f.Add(handBPEVocab(300, "he", "ll", "hell", "hello", " w", "or", " wor", "\n\n"))
+	f.Add(handBPEVocab(256))
+	f.Add([]byte("YQ== 0\nYg== 2\n"))
+	f.Add([]byte("YQ== 99999999999999999999\n"))
+	texts := []string{"", "hello world", "  \n\n\tx", "中文😀", "a\xffb"}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		bpe, err := ParseByteBPE(data)
+		if err != nil {
+			var fe *FileError
+			if !errors.As(err, &fe) || !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v is not a *FileError wrapping ErrCorrupt", err)
+			}
+			return
+		}
+		if n := bpe.VocabSize(); n < 256 || n > bytes.Count(data, []byte("\n"))+1 {
+			t.Fatalf("%d tokens from %d lines", n, bytes.Count(data, []byte("\n"))+1)
+		}
+		for _, text := range texts {
+			ids := bpe.Encode(text)
+			raw, err := bpe.appendBytes(nil, ids)
+			if err != nil || string(raw) != text {
+				t.Fatalf("Encode(%q) = %v, whose bytes are %q, %v", text, ids, raw, err)
+			}
+			if s, err := bpe.Decode(ids); err != nil || (utf8.ValidString(text) && s != text) {
+				t.Fatalf("Decode(Encode(%q)) = %q, %v", text, s, err)
+			}
+		}
+	})
+}
+
+// FuzzLoadTokenizerConfig loads a model folder whose tokenizer_config.json
+// holds arbitrary bytes, beside a small vocabulary of each family: a
+// refusal is a *FileError; an accepted tokenizer only produces ids inside
+// its vocabulary (text, special tokens, prompts, stop ids) and decodes them.
+func FuzzLoadTokenizerConfig(f *testing.F) {
+	ice := newHandModel(false, true)
+	ice.add("<n>", 0, pieceUserDefined)
+	ice.add("<|tab|>", 0, pieceUserDefined)
+	ice.normal("\u2581", "\u2581hi", "h", "i")
+	for _, s := range chatGLM6BSpecial() {
+		ice.add(s, 0, pieceUserDefined)
+	}
+	spm := newHandModel(true, true)
+	spm.normal("\u2581", "h", "i", "\u2581h", "\u2581hi")
+	// Files by the low bits of which: ice_text.model, a SentencePiece or a
+	// tiktoken tokenizer.model.
+	files := []string{iceTextFile, tokenizerModelFile, tokenizerModelFile}
+	data := [][]byte{ice.bytes(), spm.bytes(), handBPEVocab(300, "hi")}
+	for _, c := range []struct {
+		config string
+		which  uint8
+	}{
+		{`{"num_image_tokens": 20000}`, 0},
+		{`{"name_or_path": "THUDM/chatglm3-6b"}`, 1 | 4},
+		{`{"_name_or_path": "chatglm2-6b", "tokenizer_class": "ChatGLMTokenizer"}`, 1},
+		{`{"added_tokens_decoder": {"400": {"content": "<|endoftext|>"}, "402": {"content": "[gMASK]"}, "404": {"content": "<sop>"},` +
+			`"406": {"content": "<|system|>"}, "407": {"content": "<|user|>"}, "408": {"content": "<|assistant|>"}, "409": {"content": "<|observation|>"}}}`, 2 | 4},
+		{``, 2},
+	} {
+		f.Add([]byte(c.config), c.which)
+	}
+	root := f.TempDir()
+	dirs := make([]string, len(files))
+	for i, file := range files {
+		dirs[i] = filepath.Join(root, strconv.Itoa(i))
+		if err := os.MkdirAll(dirs[i], 0o755); err != nil {
+			f.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dirs[i], file), data[i], 0o644); err != nil {
+			f.Fatal(err)
+		}
+	}
+	texts := []string{"hi", " hi\n\thi  ", "<|user|>[gMASK]<sop>", "中文\xff"}
+	f.Fuzz(func(t *testing.T, config []byte, which uint8) {
+		dir := dirs[int(which&3)%len(dirs)]
+		cfgPath := filepath.Join(dir, tokenizerConfigFile)
+		if len(config) == 0 {
+			if err := os.Remove(cfgPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+		} else if err := os.WriteFile(cfgPath, config, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := Load(dir, Options{EncodeSpecialTokens: which&4 != 0})
+		if err != nil {
+			var fe *FileError
+			if !errors.As(err, &fe) {
+				t.Fatalf("error %v is not a *FileError", err)
+			}
+			return
+		}
+		n := tok.VocabSize()
+		inVocab := func(what string, ids []int) {
+			t.Helper()
+			for _, id := range ids {
+				if id < 0 || id >= n {
+					t.Fatalf("%s: id %d outside a vocabulary of %d (%s)", what, id, n, tok.Family())
+				}
+			}
+		}
+		for _, name := range []string{"[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<sop>", "<eop>", "<|user|>", "<|assistant|>", "<|endoftext|>"} {
+			if id, ok := tok.SpecialID(name); ok {
+				inVocab("SpecialID("+name+")", []int{id})
+			}
+		}
+		inVocab("StopIDs", tok.StopIDs())
+		for _, text := range texts {
+			ids := tok.Encode(text)
+			inVocab(fmt.Sprintf("Encode(%q)", text), ids)
+			inVocab("BuildInputs", tok.BuildInputs(ids))
+			inVocab("ChatPrompt", tok.ChatPrompt(text))
+			if _, err := tok.Decode(tok.BuildInputs(ids)); err != nil {
+				t.Fatalf("Decode(BuildInputs(Encode(%q))): %v", text, err)
+			}
 		}
 	})
 }

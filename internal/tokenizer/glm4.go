@@ -46,8 +46,8 @@ func NewGLM4(bpe *ByteBPE, specialIDs map[string]int, encodeSpecial bool) (Token
 	sort.Slice(names, func(i, j int) bool { return specialIDs[names[i]] < specialIDs[names[j]] })
 	for _, name := range names {
 		id := specialIDs[name]
-		if id < bpe.VocabSize() || t.special.isID[id] {
-			return nil, fmt.Errorf("%w: glm-4 special token %s has id %d, inside the vocabulary or reused", ErrCorrupt, name, id)
+		if id < bpe.VocabSize() || id >= maxVocab || t.special.isID[id] {
+			return nil, fmt.Errorf("%w: glm-4 special token %s has id %d, inside the vocabulary, reused or beyond %d", ErrCorrupt, name, id, maxVocab-1)
 		}
 		t.special.add(name, id)
 		t.size = max(t.size, id+1)

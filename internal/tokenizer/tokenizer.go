@@ -61,6 +61,12 @@ type Options struct {
 	EncodeSpecialTokens bool
 }
 
+// maxVocab bounds a vocabulary: every id, special tokens' included, fits an
+// int32, as in every model's embedding table. It keeps ids that a
+// configuration file sets (GLM-4's added tokens, ChatGLM-6B's image tokens)
+// from overflowing.
+const maxVocab = 1<<31 - 1
+
 // specialTable is a name-to-id table of special tokens.
 type specialTable struct {
 	names []string // in id order
