@@ -225,14 +225,7 @@ func TestCurrentClickHouse(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db); err != nil {
-				t.Logf("drop database: %v", err)
-			}
-			conn.Close()
-		})
+		testenv.DropAtCleanup(t, conn, db)
 		testenv.CompareOnServer(t, conn, statements, run)
 	})
 }

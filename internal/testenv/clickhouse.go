@@ -471,3 +471,15 @@ func CompareOnServer(t testing.TB, conn driver.Conn, statements []Statement, run
 	}
 	t.Logf("%d statements on ClickHouse %s: the %d queries gave the rows ClickHouse %s gave", len(statements), version, compared, run.Version)
 }
+
+// DropAtCleanup drops database db on conn and closes conn when t ends.
+func DropAtCleanup(t testing.TB, conn driver.Conn, db string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db); err != nil {
+			t.Logf("drop database: %v", err)
+		}
+		conn.Close()
+	})
+}
