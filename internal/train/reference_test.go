@@ -75,11 +75,22 @@ func methodFromInit(t *testing.T, base *model.Model, dir string) method {
 	var m method
 	var err error
 	if raw, e := os.ReadFile(filepath.Join(dir, "adapter_config.json")); e == nil {
-		var c LoRAConfig
-		if err := json.Unmarshal(raw, &c); err != nil {
+		var kind struct {
+			PeftType         string `json:"peft_type"`
+			NumVirtualTokens int    `json:"num_virtual_tokens"`
+		}
+		if err := json.Unmarshal(raw, &kind); err != nil {
 			t.Fatal(err)
 		}
-		m, err = newLoRA(base, c, rng)
+		if kind.PeftType == "PREFIX_TUNING" {
+			m, err = newPrefix(base, PrefixConfig{PreSeqLen: kind.NumVirtualTokens}, true, rng)
+		} else {
+			var c LoRAConfig
+			if err := json.Unmarshal(raw, &c); err != nil {
+				t.Fatal(err)
+			}
+			m, err = newLoRA(base, c, rng)
+		}
 	} else {
 		raw, e := os.ReadFile(filepath.Join(dir, "config.json"))
 		if e != nil {
@@ -107,8 +118,8 @@ func methodFromInit(t *testing.T, base *model.Model, dir string) method {
 
 // TestTrainingStepMatchesPEFT: from the same initial adapter and batch, the
 // engine's loss, gradients, clipped AdamW update and the loss after it are
-// torch + PEFT's, for LoRA (plain and rsLoRA) and P-tuning v2 (with and
-// without the projection).
+// torch + PEFT's, for LoRA (plain and rsLoRA), P-tuning v2 (with and
+// without the projection) and PEFT prefix tuning.
 func TestTrainingStepMatchesPEFT(t *testing.T) {
 	ref := loadReferenceRun(t)
 	base, err := model.Load(filepath.Join(ref.dir, ref.Base), model.Options{DType: tensor.Float32})

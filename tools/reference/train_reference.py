@@ -23,12 +23,18 @@ Cases, each in OUT_DIR/<case>/, with the base weights frozen:
                       is every layer's prefix keys and values
   ptuning-projection  the same through the prefix MLP (Linear, Tanh,
                       Linear; 32 hidden)
+  prefix-tuning       PEFT prefix tuning (PrefixTuningConfig) on
+                      GlmForCausalLM, 4 virtual tokens, no projection,
+                      run through the PeftModel's own forward
 
 LoRA is initialised with init_lora_weights=False, lora_B scaled as in
 peft_adapters.py; the P-tuning prefix is laid out as peft_adapters.py lays
 out THUDM prefixes (keys of layer l at slot 2l, values at 2l+1), every
 real token attends to all virtual tokens, and the real tokens are numbered
-from 0, as THUDM's model does. Per case:
+from 0, as THUDM's model does. PEFT prefix tuning's prompt embeddings start
+N(0, PREFIX_STD) too; PEFT passes them as past_key_values and drops the
+position ids, so transformers numbers the real tokens after the virtual
+ones (P, P+1, ...). Per case:
 
   init/                   the adapter before training, as its tool saves it:
                           PEFT's save_pretrained (adapter_config.json,
@@ -65,7 +71,7 @@ import glm_checkpoints as gc  # noqa: E402
 import peft_adapters as pa  # noqa: E402
 
 import peft  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
+from peft import LoraConfig, PrefixTuningConfig, get_peft_model  # noqa: E402
 
 PREFIX = [64, 17, 233, 9, 150, 88, 271, 45]
 SUFFIX = [12, 199, 30]
@@ -96,7 +102,10 @@ CASES = {
         r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"])},
     "ptuning": {"method": "ptuning", "seed": 600, "prefix_hidden_size": None},
     "ptuning-projection": {"method": "ptuning", "seed": 601, "prefix_hidden_size": 32},
+    "prefix-tuning": {"method": "prefix-tuning", "seed": 700},
 }
+# The name PEFT's save_pretrained gives a prefix tuning adapter's embedding.
+PROMPT_NAME = "prompt_embeddings"
 
 
 class PrefixEncoder(torch.nn.Module):
@@ -156,10 +165,22 @@ def load_prefix(folder):
     return encoder
 
 
+def prompt_learning(model):
+    """Whether model is a PeftModel of a prompt learning method (prefix
+    tuning), whose forward adds the virtual tokens itself."""
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and config.is_prompt_learning
+
+
 def row_logits(model, ids, prefix=None):
     """The logits [n, vocab] of one unpadded row of token ids (a tensor),
-    positions from 0; prefix: P-tuning values [P, kv_width] as the past."""
+    positions from 0; prefix: P-tuning values [P, kv_width] as the past.
+    A PEFT prefix tuning model runs its own forward: PEFT adds the virtual
+    tokens as the past and ignores position ids, so the real tokens are
+    numbered from P."""
     n = len(ids)
+    if prompt_learning(model):
+        return model(input_ids=ids[None], attention_mask=torch.ones(1, n, dtype=torch.long)).logits[0]
     kwargs = {"input_ids": ids[None], "position_ids": torch.arange(n)[None]}
     if prefix is not None:
         kwargs["past_key_values"] = prefix_past(prefix, model.config, 1)
@@ -250,6 +271,28 @@ def ptuning_case(model, folder, case):
     return model, encoder, params
 
 
+def prefix_tuning_case(model, folder, case):
+    """A PEFT prefix tuning model, its prompt embeddings N(0, PREFIX_STD),
+    saved to folder/init, and its embedding under the name save_pretrained
+    wrote."""
+    torch.manual_seed(case["seed"])
+    pm = get_peft_model(gc.copy_of(model), PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=PRE_SEQ_LEN, prefix_projection=False)).eval()
+    embedding = pm.prompt_encoder["default"].embedding.weight
+    with torch.no_grad():
+        embedding.normal_(0.0, PREFIX_STD)
+    trainable = [n for n, p in pm.named_parameters() if p.requires_grad]
+    if trainable != ["prompt_encoder.default.embedding.weight"]:
+        sys.exit(f"PEFT prefix tuning trains {trainable}, not only the prompt encoder's embedding")
+    init = os.path.join(folder, "init")
+    pm.save_pretrained(init, save_embedding_layers=False)
+    with safe_open(os.path.join(init, "adapter_model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    if saved != {PROMPT_NAME}:
+        sys.exit(f"PEFT saved the prefix as {sorted(saved)}, not {PROMPT_NAME}")
+    return pm, None, {PROMPT_NAME: embedding}
+
+
 def save_tensors(path, tensors):
     save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, path, metadata={"format": "pt"})
 
@@ -257,7 +300,7 @@ def save_tensors(path, tensors):
 def run_case(out, name, model, case):
     folder = os.path.join(out, name)
     os.makedirs(folder)
-    make = lora_case if case["method"] == "lora" else ptuning_case
+    make = {"lora": lora_case, "ptuning": ptuning_case, "prefix-tuning": prefix_tuning_case}[case["method"]]
     model, encoder, params = make(model, folder, case)
     loss, targets = batch_loss(model, encoder)
     if name == "lora":
