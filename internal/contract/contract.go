@@ -141,6 +141,9 @@ func (m *ChatMessage) validate(lim Limits) error {
 	return nil
 }
 
+// ValidTenant reports whether s is a well-formed tenant id.
+func ValidTenant(s string) bool { return tenantPattern.MatchString(s) }
+
 func validRole(r string) bool {
 	for _, v := range SpeakerRoles {
 		if r == v {

@@ -29,4 +29,9 @@ const (
 	// to forward whole; it holds the original size in bytes, and the value
 	// holds only its beginning.
 	HeaderValueTruncated = "emoflow-value-truncated"
+	// HeaderValueRedacted is "true" when the original value was dropped
+	// because the message's tenant is listed in ingest's
+	// -dead-letter-redact-tenants: the value is then empty, and only the key,
+	// the original headers and ingest's headers remain.
+	HeaderValueRedacted = "emoflow-value-redacted"
 )

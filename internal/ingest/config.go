@@ -66,7 +66,11 @@ type Config struct {
 	EventsIncludeText  bool
 	PublishLinger      time.Duration
 	DeadLetterMaxBytes int
-	CommitInterval     time.Duration
+	// DeadLetterRedactTenants are the tenants whose dead letters carry no
+	// value (no text): "*" stands for every tenant, including messages whose
+	// tenant cannot be read. Nil redacts nothing.
+	DeadLetterRedactTenants []string
+	CommitInterval          time.Duration
 	// DrainTimeout bounds how long in-flight work may take to finish when a
 	// generation ends (rebalance or shutdown); what is not finished by then
 	// is abandoned uncommitted. Keep it below the rebalance timeout and the
@@ -76,7 +80,7 @@ type Config struct {
 
 // flagValues holds the flags that are parsed into Config by validate.
 type flagValues struct {
-	brokers, classifierURLs, stopAtOffsets string
+	brokers, classifierURLs, stopAtOffsets, deadLetterRedactTenants string
 }
 
 func (c *Config) registerFlags(fs *flag.FlagSet, raw *flagValues) {
@@ -118,6 +122,7 @@ func (c *Config) registerFlags(fs *flag.FlagSet, raw *flagValues) {
 	fs.BoolVar(&c.EventsIncludeText, "events-include-text", false, "include the normalised text in the emotion events")
 	fs.DurationVar(&c.PublishLinger, "publish-linger", 5*time.Millisecond, "how long the Kafka producer waits to fill a batch")
 	fs.IntVar(&c.DeadLetterMaxBytes, "dead-letter-max-bytes", 900<<10, "longest original value forwarded to the dead-letter topic; longer values are cut (header "+contract.HeaderValueTruncated+")")
+	fs.StringVar(&raw.deadLetterRedactTenants, "dead-letter-redact-tenants", "", "tenant ids, comma-separated, whose dead letters are forwarded without their value (the text), keeping the key, headers, reason, detail and source position (header "+contract.HeaderValueRedacted+"); * redacts every tenant, including messages whose tenant cannot be read")
 	fs.DurationVar(&c.CommitInterval, "commit-interval", time.Second, "how often finished offsets are committed")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "how long in-flight work may take to finish at a rebalance or shutdown before it is abandoned uncommitted; keep it below -rebalance-timeout and -shutdown-timeout")
 }
@@ -126,7 +131,13 @@ func (c *Config) registerFlags(fs *flag.FlagSet, raw *flagValues) {
 func (c *Config) validate(raw flagValues) error {
 	c.Brokers = splitList(raw.brokers)
 	c.ClassifierURLs = splitList(raw.classifierURLs)
+	c.DeadLetterRedactTenants = splitList(raw.deadLetterRedactTenants)
 	var errs []error
+	for _, tenant := range c.DeadLetterRedactTenants {
+		if tenant != "*" && !contract.ValidTenant(tenant) {
+			errs = append(errs, fmt.Errorf("-dead-letter-redact-tenants: %q is neither * nor a tenant id", tenant))
+		}
+	}
 	if raw.stopAtOffsets != "" {
 		ends, err := ParsePartitionOffsets(raw.stopAtOffsets)
 		if err != nil {
@@ -166,6 +177,18 @@ func (c *Config) validate(raw flagValues) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// redactsDeadLetter reports whether a dead letter of tenant must be
+// forwarded without its value. known is false when the message's tenant
+// could not be read; then only "*" redacts it.
+func (c *Config) redactsDeadLetter(tenant string, known bool) bool {
+	for _, t := range c.DeadLetterRedactTenants {
+		if t == "*" || (known && t == tenant) {
+			return true
+		}
+	}
+	return false
 }
 
 // ParsePartitionOffsets parses "partition:offset" pairs separated by commas

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
@@ -464,12 +465,16 @@ func (p *processor) event(w *work) contract.EmotionEvent {
 }
 
 // deadLetter is w's original key, value and headers, plus headers saying
-// why and where from.
+// why and where from. For a tenant listed in -dead-letter-redact-tenants
+// the value is left out (empty) and HeaderValueRedacted added.
 func (p *processor) deadLetter(w *work) kafka.Message {
 	value := w.msg.Value
 	headers := make([]kafka.Header, 0, len(w.msg.Headers)+7)
 	headers = append(headers, w.msg.Headers...)
-	if len(value) > p.cfg.DeadLetterMaxBytes {
+	if len(p.cfg.DeadLetterRedactTenants) > 0 && p.cfg.redactsDeadLetter(rejectedTenant(w)) {
+		headers = append(headers, kafka.Header{Key: contract.HeaderValueRedacted, Value: []byte("true")})
+		value = nil
+	} else if len(value) > p.cfg.DeadLetterMaxBytes {
 		headers = append(headers, kafka.Header{Key: contract.HeaderValueTruncated, Value: []byte(strconv.Itoa(len(value)))})
 		value = value[:p.cfg.DeadLetterMaxBytes]
 	}
@@ -486,6 +491,26 @@ func (p *processor) deadLetter(w *work) kafka.Message {
 		kafka.Header{Key: contract.HeaderRejectedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))},
 	)
 	return kafka.Message{Topic: p.cfg.DeadLetterTopic, Key: w.msg.Key, Value: value, Headers: headers}
+}
+
+// rejectedTenant is the tenant of a rejected message, and whether it could
+// be read: from the decoded message, or else from the raw value when that
+// is valid UTF-8 and JSON with a string "tenant" (a message rejected for
+// its schema, size or text). Malformed JSON and invalid UTF-8 have none.
+func rejectedTenant(w *work) (string, bool) {
+	if w.chat.Tenant != "" {
+		return w.chat.Tenant, true
+	}
+	if !utf8.Valid(w.msg.Value) {
+		return "", false
+	}
+	var m struct {
+		Tenant *string `json:"tenant"`
+	}
+	if json.Unmarshal(w.msg.Value, &m) != nil || m.Tenant == nil {
+		return "", false
+	}
+	return *m.Tenant, true
 }
 
 // newRetryBackoff is the back-off between retries of a batch's step that
