@@ -99,17 +99,24 @@ func DecodeChatMessage(raw []byte, lim Limits) (ChatMessage, error) {
 	// Unmarshal, not a Decoder: it is a fifth faster on small objects and
 	// refuses trailing data itself.
 	if err := json.Unmarshal(raw, &m); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		var timeErr *time.ParseError
-		if errors.As(err, &typeErr) || errors.As(err, &timeErr) {
-			return m, invalid(ReasonSchema, "%v", err)
-		}
-		return m, invalid(ReasonMalformedJSON, "%v", err)
+		return m, invalid(UnmarshalReason(err), "%v", err)
 	}
 	if err := m.validate(lim); err != nil {
 		return m, err
 	}
 	return m, nil
+}
+
+// UnmarshalReason is the dead-letter reason of a json.Unmarshal error:
+// malformed JSON for a syntax error; the rest (a field of the wrong type, a
+// time that is not an RFC 3339 string) break the schema of a well-formed
+// document.
+func UnmarshalReason(err error) Reason {
+	var syntaxErr *json.SyntaxError
+	if errors.As(err, &syntaxErr) {
+		return ReasonMalformedJSON
+	}
+	return ReasonSchema
 }
 
 func (m *ChatMessage) validate(lim Limits) error {

@@ -53,6 +53,7 @@ func TestDecodeRejectsWithReasons(t *testing.T) {
 		"trailing":       {valid + ` {}`, DefaultLimits, ReasonMalformedJSON},
 		"wrong type":     {strings.Replace(valid, `"tenant":"acme"`, `"tenant":7`, 1), DefaultLimits, ReasonSchema},
 		"bad time":       {strings.Replace(valid, `2026-01-02T03:04:05Z`, `yesterday`, 1), DefaultLimits, ReasonSchema},
+		"numeric time":   {strings.Replace(valid, `"2026-01-02T03:04:05Z"`, `42`, 1), DefaultLimits, ReasonSchema},
 		"missing id":     {strings.Replace(valid, `"id":"m1",`, ``, 1), DefaultLimits, ReasonSchema},
 		"bad role":       {strings.Replace(valid, `customer`, `robot`, 1), DefaultLimits, ReasonSchema},
 		"bad language":   {strings.Replace(valid, `"en"`, `"english!"`, 1), DefaultLimits, ReasonSchema},

@@ -2,7 +2,6 @@ package sink
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -68,12 +67,7 @@ func decodeEvent(raw []byte, maxBytes int) (contract.EmotionEvent, error) {
 	// Unmarshal, not a Decoder: it is a fifth faster on small objects and
 	// refuses trailing data itself.
 	if err := json.Unmarshal(raw, &ev); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		var timeErr *time.ParseError
-		if errors.As(err, &typeErr) || errors.As(err, &timeErr) {
-			return ev, invalid(contract.ReasonSchema, "%v", err)
-		}
-		return ev, invalid(contract.ReasonMalformedJSON, "%v", err)
+		return ev, invalid(contract.UnmarshalReason(err), "%v", err)
 	}
 	return ev, validateEvent(&ev)
 }

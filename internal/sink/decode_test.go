@@ -68,6 +68,7 @@ func TestDecodeEventRejectsWithAReason(t *testing.T) {
 		{"trailing data", append(mutate(func(*contract.EmotionEvent) {}), []byte(" {}")...), contract.ReasonMalformedJSON},
 		{"wrong type", []byte(`{"message_id": 5}`), contract.ReasonSchema},
 		{"bad time", []byte(`{"sent_at": "yesterday"}`), contract.ReasonSchema},
+		{"numeric time", []byte(`{"sent_at": 42}`), contract.ReasonSchema},
 		{"null", []byte(`null`), contract.ReasonSchema},
 		{"no message id", mutate(func(e *contract.EmotionEvent) { e.MessageID = "" }), contract.ReasonSchema},
 		{"no run id", mutate(func(e *contract.EmotionEvent) { e.RunID = "" }), contract.ReasonSchema},
