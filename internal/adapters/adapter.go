@@ -72,6 +72,12 @@ type BaseModel struct {
 func (m Manifest) Ref() string { return m.ID + "@" + m.Version }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// ValidID reports whether id may name an adapter: 1-64 letters, digits,
+// '.', '_' or '-', starting with a letter or digit, and not the reserved
+// "base".
+func ValidID(id string) bool { return namePattern.MatchString(id) && id != "base" }
+
 var versionPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$`)
 
 // ReadManifest reads and checks dir's manifest.

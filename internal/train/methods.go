@@ -36,6 +36,19 @@ type method interface {
 	kind() string
 }
 
+// newMethod initialises cfg's method on base, its random values drawn from
+// cfg.Seed.
+func newMethod(cfg Config, base *model.Model) (method, error) {
+	rng := rand.New(rand.NewPCG(cfg.Seed, 1))
+	switch cfg.Method {
+	case adapters.MethodLoRA:
+		return newLoRA(base, cfg.LoRA, rng)
+	case adapters.MethodPTuningV2, adapters.MethodPrefixTuning:
+		return newPrefix(base, cfg.Prefix, cfg.Method == adapters.MethodPrefixTuning, rng)
+	}
+	return nil, fmt.Errorf("unknown method %q (want %s, %s or %s)", cfg.Method, adapters.MethodLoRA, adapters.MethodPTuningV2, adapters.MethodPrefixTuning)
+}
+
 type param struct {
 	name string
 	t    *tensor.Tensor

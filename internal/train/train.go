@@ -203,7 +203,7 @@ func (t *trainer) prepare(train []Example) error {
 	if _, err := os.Stat(filepath.Join(c.Out, adapters.ManifestFile)); err == nil && !c.Overwrite {
 		return fmt.Errorf("train: %s already holds an adapter (use -overwrite to replace it)", c.Out)
 	}
-	if !namePattern(c.ID) {
+	if !adapters.ValidID(c.ID) {
 		return fmt.Errorf("train: adapter id %q must be 1-64 letters, digits, '.', '_' or '-' (and not \"base\")", c.ID)
 	}
 	if c.BatchSize <= 0 || c.GradAccum <= 0 || c.Epochs < 0 || c.MaxSteps < 0 || c.LR <= 0 || c.WarmupRatio < 0 || c.WarmupRatio >= 1 {
@@ -247,16 +247,7 @@ func (t *trainer) prepare(train []Example) error {
 	for _, e := range t.dev {
 		t.devIDs = append(t.devIDs, toInt64(t.tok.Encode(e.Text)))
 	}
-	rng := rand.New(rand.NewPCG(c.Seed, 1))
-	switch c.Method {
-	case adapters.MethodLoRA:
-		t.method, err = newLoRA(t.base, c.LoRA, rng)
-	case adapters.MethodPTuningV2, adapters.MethodPrefixTuning:
-		t.method, err = newPrefix(t.base, c.Prefix, c.Method == adapters.MethodPrefixTuning, rng)
-	default:
-		err = fmt.Errorf("unknown method %q (want %s, %s or %s)", c.Method, adapters.MethodLoRA, adapters.MethodPTuningV2, adapters.MethodPrefixTuning)
-	}
-	if err != nil {
+	if t.method, err = newMethod(*c, t.base); err != nil {
 		return fmt.Errorf("train: %w", err)
 	}
 	if c.Init != "" {
@@ -302,26 +293,16 @@ func (t *trainer) recipe() string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-// batches returns epoch's batches: a permutation of the rows by the seed,
-// grouped by length in windows of 64 batches (less padding), the batches'
-// order shuffled again.
+// batches returns epoch's batches of row indices (see lengthBatches).
 func (t *trainer) batches(epoch int) [][]int {
 	if b, ok := t.epochOf[epoch]; ok {
 		return b
 	}
-	rng := rand.New(rand.NewPCG(t.cfg.Seed, uint64(epoch)+2))
-	perm := rng.Perm(len(t.rows))
-	bs := t.cfg.BatchSize
-	window := 64 * bs
-	var out [][]int
-	for lo := 0; lo < len(perm); lo += window {
-		chunk := perm[lo:min(lo+window, len(perm))]
-		sort.SliceStable(chunk, func(a, b int) bool { return len(t.rows[chunk[a]].Text) < len(t.rows[chunk[b]].Text) })
-		for i := 0; i < len(chunk); i += bs {
-			out = append(out, chunk[i:min(i+bs, len(chunk))])
-		}
+	texts := make([][]int64, len(t.rows))
+	for i, r := range t.rows {
+		texts[i] = r.Text
 	}
-	rng.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	out := lengthBatches(texts, t.cfg.BatchSize, rand.New(rand.NewPCG(t.cfg.Seed, uint64(epoch)+2)))
 	t.epochOf = map[int][][]int{epoch: out} // only the current epoch is kept
 	return out
 }
@@ -596,19 +577,6 @@ func sample(ex []Example, n int, seed uint64) []Example {
 	return out
 }
 
-func namePattern(id string) bool {
-	if id == "" || id == "base" || len(id) > 64 {
-		return false
-	}
-	for i, r := range id {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || (i > 0 && (r == '.' || r == '_' || r == '-'))
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
-
 // Stepper makes optimizer updates of a freshly initialised adapter on
 // batches the caller chooses: benchmarks drive it with the very batches a
 // reference trainer gets.
@@ -623,16 +591,9 @@ type Stepper struct {
 // NewStepper prepares cfg's method on base for prompt p.
 func NewStepper(cfg Config, base *model.Model, p model.Prompt) (*Stepper, error) {
 	cfg.Defaults(base.Config())
-	rng := rand.New(rand.NewPCG(cfg.Seed, 1))
 	st := &Stepper{base: base, prompt: p, cfg: cfg}
 	var err error
-	switch cfg.Method {
-	case adapters.MethodLoRA:
-		st.method, err = newLoRA(base, cfg.LoRA, rng)
-	default:
-		st.method, err = newPrefix(base, cfg.Prefix, cfg.Method == adapters.MethodPrefixTuning, rng)
-	}
-	if err != nil {
+	if st.method, err = newMethod(cfg, base); err != nil {
 		return nil, err
 	}
 	var leaves []*tensor.Tensor
