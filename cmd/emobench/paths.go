@@ -3,6 +3,8 @@ package main
 import (
 	"os"
 	"path/filepath"
+
+	"github.com/emoflow/emoflow/internal/service"
 )
 
 // defaultDataDir is EMOFLOW_SHARED/data, or ../shared/data beside the
@@ -14,19 +16,10 @@ func defaultDataDir() string {
 	return filepath.Join("..", "shared", "data")
 }
 
-// cachePath is $EMOFLOW_CACHE, or ~/.cache/emoflow.
-func cachePath() string {
-	if c := os.Getenv("EMOFLOW_CACHE"); c != "" {
-		return c
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "emoflow")
-}
-
 // pythonPath is $EMOFLOW_PYTHON, or the reference venv's.
 func pythonPath() string {
 	if p := os.Getenv("EMOFLOW_PYTHON"); p != "" {
 		return p
 	}
-	return filepath.Join(cachePath(), "venv", "bin", "python")
+	return filepath.Join(service.CacheDir(), "venv", "bin", "python")
 }

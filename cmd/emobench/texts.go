@@ -83,12 +83,7 @@ func spread(xs []float64, format string) string {
 
 // tokenIDs is text's token ids as the engine takes them.
 func tokenIDs(tok tokenizer.Tokenizer, text string) []int64 {
-	ids := tok.Encode(text)
-	out := make([]int64, len(ids))
-	for i, id := range ids {
-		out[i] = int64(id)
-	}
-	return out
+	return tokenizer.Int64s(tok.Encode(text))
 }
 
 // parseInts parses a comma-separated list of positive integers.

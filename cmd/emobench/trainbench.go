@@ -20,6 +20,7 @@ import (
 	"github.com/emoflow/emoflow/internal/evaluate"
 	"github.com/emoflow/emoflow/internal/model"
 	"github.com/emoflow/emoflow/internal/randmodel"
+	"github.com/emoflow/emoflow/internal/service"
 	"github.com/emoflow/emoflow/internal/tensor"
 	"github.com/emoflow/emoflow/internal/tokenizer"
 	"github.com/emoflow/emoflow/internal/train"
@@ -48,7 +49,7 @@ func runTrainBench(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet("train", flag.ContinueOnError)
 	fs.StringVar(&c.dataDir, "data", defaultDataDir(), "shared data folder")
 	fs.StringVar(&c.python, "python", pythonPath(), "Python with torch, transformers, PEFT and scikit-learn (EMOFLOW_PYTHON)")
-	fs.StringVar(&c.cache, "cache", cachePath(), "download and build cache (EMOFLOW_CACHE)")
+	fs.StringVar(&c.cache, "cache", service.CacheDir(), "download and build cache (EMOFLOW_CACHE)")
 	fs.IntVar(&c.rounds, "rounds", 3, "throughput rounds (each side once per round, interleaved)")
 	fs.IntVar(&c.steps, "steps", 12, "training steps timed per round and side (after 2 warm-up steps)")
 	fs.IntVar(&c.batch, "batch", 32, "examples per training step")
@@ -128,15 +129,8 @@ func (c trainBenchConfig) throughput(ctx context.Context, log *slog.Logger, demo
 		var rows []model.LossRow
 		for i := 0; i < c.batch; i++ {
 			e := ex[rng.IntN(len(ex))]
-			ids := tok.Encode(e.Text)
-			if len(ids) > 64 {
-				ids = ids[:64]
-			}
-			text := make([]int64, len(ids))
-			for j, v := range ids {
-				text[j] = int64(v)
-			}
-			rows = append(rows, model.LossRow{Text: text, Label: index[e.Label]})
+			text := tokenIDs(tok, e.Text)
+			rows = append(rows, model.LossRow{Text: text[:min(len(text), 64)], Label: index[e.Label]})
 		}
 		steps = append(steps, rows)
 	}
@@ -302,9 +296,7 @@ func (c trainBenchConfig) qualityRows(ctx context.Context, log *slog.Logger, bas
 		row := qualityRow{set: set, examples: len(testEx)}
 		ids := make([][]int64, len(testEx))
 		for i, e := range testEx {
-			for _, v := range tok.Encode(e.Text) {
-				ids[i] = append(ids[i], int64(v))
-			}
+			ids[i] = tokenIDs(tok, e.Text)
 		}
 		bare, err := adapters.Bare(base, tok, tmpl, adapters.Options{})
 		if err != nil {

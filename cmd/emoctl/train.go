@@ -280,7 +280,7 @@ func demoModelCommand(ctx context.Context, args []string) error {
 func runDemoModel(ctx context.Context, args []string, s streams) error {
 	fs := flag.NewFlagSet("demo-model", flag.ContinueOnError)
 	fs.SetOutput(s.err)
-	cache := fs.String("cache", filepath.Join(cacheDir(), "demo-model"), "folder of the built demo models, one per recipe")
+	cache := fs.String("cache", filepath.Join(service.CacheDir(), "demo-model"), "folder of the built demo models, one per recipe")
 	dataDir := fs.String("data-dir", defaultDataDir(), "shared data folder")
 	threads := fs.Int("threads", 0, "libtorch threads (0: all cores)")
 	if err := service.ParseConfig(fs, args, s.lookup); err != nil {
@@ -304,16 +304,4 @@ func runDemoModel(ctx context.Context, args []string, s streams) error {
 	}
 	fmt.Fprintln(s.out, dir)
 	return nil
-}
-
-// cacheDir is $EMOFLOW_CACHE, or ~/.cache/emoflow.
-func cacheDir() string {
-	if c := os.Getenv("EMOFLOW_CACHE"); c != "" {
-		return c
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return ".cache"
-	}
-	return filepath.Join(home, ".cache", "emoflow")
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/datasets"
 	"github.com/emoflow/emoflow/internal/randmodel"
+	"github.com/emoflow/emoflow/internal/service"
 )
 
 // Spec is the benchmark model's architecture.
@@ -27,14 +28,7 @@ const TokenizerVocab = 16000
 
 // CacheDir is where benchmark artefacts live.
 func CacheDir() string {
-	if c := os.Getenv("EMOFLOW_CACHE"); c != "" {
-		return filepath.Join(c, "bench")
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return filepath.Join(os.TempDir(), "emoflow-bench")
-	}
-	return filepath.Join(home, ".cache", "emoflow", "bench")
+	return filepath.Join(service.CacheDir(), "bench")
 }
 
 // Ensure writes the benchmark model into CacheDir()/model unless it is

@@ -138,15 +138,15 @@ func (t Template) Compile(tok tokenizer.Tokenizer) (model.Prompt, error) {
 		return model.Prompt{}, err
 	}
 	p := model.Prompt{
-		Prefix: ids(append(pre, tok.Encode(before)...)),
-		Suffix: ids(append(tok.Encode(after), post...)),
+		Prefix: tokenizer.Int64s(append(pre, tok.Encode(before)...)),
+		Suffix: tokenizer.Int64s(append(tok.Encode(after), post...)),
 		Stop:   -1,
 	}
 	if stops := tok.StopIDs(); len(stops) > 0 {
 		p.Stop = int64(stops[0])
 	}
 	for _, l := range t.Labels {
-		p.Labels = append(p.Labels, ids(append(append([]int{}, answerOpen...), tok.Encode(l)...)))
+		p.Labels = append(p.Labels, tokenizer.Int64s(append(append([]int{}, answerOpen...), tok.Encode(l)...)))
 	}
 	return p, nil
 }
@@ -200,12 +200,4 @@ func wrapTokens(tok tokenizer.Tokenizer, wrap Wrap) (pre, post, answerOpen []int
 		return nil, post, nil, err
 	}
 	return nil, nil, nil, fmt.Errorf("no chat format for tokenizer family %q", fam)
-}
-
-func ids(xs []int) []int64 {
-	out := make([]int64, len(xs))
-	for i, x := range xs {
-		out[i] = int64(x)
-	}
-	return out
 }

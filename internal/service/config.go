@@ -6,9 +6,23 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 )
+
+// CacheDir is the download and build cache, outside the repository:
+// $EMOFLOW_CACHE, or ~/.cache/emoflow.
+func CacheDir() string {
+	if c := os.Getenv("EMOFLOW_CACHE"); c != "" {
+		return c
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "emoflow-cache")
+	}
+	return filepath.Join(home, ".cache", "emoflow")
+}
 
 // EnvPrefix starts the name of every environment variable the binaries read.
 const EnvPrefix = "EMOFLOW_"

@@ -86,3 +86,12 @@ func (t *specialTable) add(name string, id int) {
 
 // id returns the id of a special token the caller knows is present.
 func (t *specialTable) id(name string) int { return t.ids[name] }
+
+// Int64s converts token ids to the int64 ids the engine takes.
+func Int64s(ids []int) []int64 {
+	out := make([]int64, len(ids))
+	for i, id := range ids {
+		out[i] = int64(id)
+	}
+	return out
+}

@@ -217,7 +217,7 @@ func BuildDemo(ctx context.Context, r DemoRecipe, dir, dataDir string, progress 
 func encodeAll(tok tokenizer.Tokenizer, ex []Example) [][]int64 {
 	out := make([][]int64, len(ex))
 	for i, e := range ex {
-		out[i] = toInt64(tok.Encode(e.Text))
+		out[i] = tokenizer.Int64s(tok.Encode(e.Text))
 	}
 	return out
 }

@@ -201,7 +201,7 @@ func Pretrain(ctx context.Context, cfg PretrainConfig) (PretrainReport, error) {
 
 // pretrainSequences tokenizes the texts and the tasks' examples.
 func pretrainSequences(cfg PretrainConfig, tok tokenizer.Tokenizer) ([][]int64, error) {
-	start := toInt64(tok.BuildInputs(nil)) // [gMASK] sop
+	start := tokenizer.Int64s(tok.BuildInputs(nil)) // [gMASK] sop
 	stops := tok.StopIDs()
 	if len(stops) == 0 {
 		return nil, errors.New("pretrain: the tokenizer has no end token")
@@ -217,7 +217,7 @@ func pretrainSequences(cfg PretrainConfig, tok tokenizer.Tokenizer) ([][]int64, 
 		}
 	}
 	for _, t := range cfg.Texts {
-		add(append(append(append([]int64{}, start...), toInt64(tok.Encode(t))...), eos))
+		add(append(append(append([]int64{}, start...), tokenizer.Int64s(tok.Encode(t))...), eos))
 	}
 	for _, task := range cfg.Tasks {
 		p, err := task.Template.Compile(tok)
@@ -233,7 +233,7 @@ func pretrainSequences(cfg PretrainConfig, tok tokenizer.Tokenizer) ([][]int64, 
 			if !ok {
 				return nil, fmt.Errorf("pretrain: %w: task %q: label %q is not in its template", ErrBadData, task.Template.Name, e.Label)
 			}
-			text := toInt64(tok.Encode(e.Text))
+			text := tokenizer.Int64s(tok.Encode(e.Text))
 			if len(text) > cfg.MaxTokens/2 {
 				text = text[:cfg.MaxTokens/2] // keep the answer inside MaxTokens
 			}

@@ -228,7 +228,7 @@ func (t *trainer) prepare(train []Example) error {
 		if !ok {
 			return fmt.Errorf("train: %w: example %s: label %q is not in the template's label set", ErrBadData, e.ID, e.Label)
 		}
-		ids := toInt64(t.tok.Encode(e.Text))
+		ids := tokenizer.Int64s(t.tok.Encode(e.Text))
 		if len(ids) == 0 {
 			continue
 		}
@@ -245,7 +245,7 @@ func (t *trainer) prepare(train []Example) error {
 	}
 	t.dev = sample(t.dev, c.EvalMax, c.Seed)
 	for _, e := range t.dev {
-		t.devIDs = append(t.devIDs, toInt64(t.tok.Encode(e.Text)))
+		t.devIDs = append(t.devIDs, tokenizer.Int64s(t.tok.Encode(e.Text)))
 	}
 	if t.method, err = newMethod(*c, t.base); err != nil {
 		return fmt.Errorf("train: %w", err)
@@ -552,14 +552,6 @@ func countParams(ps []param) int {
 		n += int(p.t.Numel())
 	}
 	return n
-}
-
-func toInt64(xs []int) []int64 {
-	out := make([]int64, len(xs))
-	for i, x := range xs {
-		out[i] = int64(x)
-	}
-	return out
 }
 
 // sample keeps at most n examples (0: all), chosen by seed.

@@ -111,7 +111,7 @@ func TestTrainingLearnsTheToyTaskAndServes(t *testing.T) {
 			defer a.Close()
 			var ids [][]int64
 			for _, e := range dev {
-				ids = append(ids, toInt64(f.tok.Encode(e.Text)))
+				ids = append(ids, tokenizer.Int64s(f.tok.Encode(e.Text)))
 			}
 			scores, _, err := Evaluate(a.Scorer, f.tmpl.Labels, dev, ids)
 			if err != nil {
@@ -328,7 +328,7 @@ func TestPretrainWritesALoadableModelThatLearns(t *testing.T) {
 	defer a.Close()
 	var ids [][]int64
 	for _, e := range ex {
-		ids = append(ids, toInt64(tok.Encode(e.Text)))
+		ids = append(ids, tokenizer.Int64s(tok.Encode(e.Text)))
 	}
 	scores, _, err := Evaluate(a.Scorer, tmpl.Labels, ex, ids)
 	if err != nil {
