@@ -119,6 +119,8 @@ type Adapter struct {
 	Dir      string
 	// Scorer scores texts with the adapter's template and weights.
 	Scorer *model.Scorer
+	// Input builds a message's tokens (its context and text) for Scorer.
+	Input prompt.Input
 	// Model is the model the Scorer runs on: the base model, or a merged
 	// copy for merged LoRA.
 	Model *model.Model
@@ -162,11 +164,11 @@ func Load(dir string, base *model.Model, tok tokenizer.Tokenizer, opts Options) 
 		return nil, fmt.Errorf("adapter %s (%s): %w: it names %s@%s, this worker serves %s", man.Ref(), dir, ErrWrongBase,
 			man.BaseModel.Name, man.BaseModel.Fingerprint, base.ID())
 	}
-	p, err := man.Template.Compile(tok)
+	p, in, err := compile(man.Template, tok, opts)
 	if err != nil {
 		return nil, fmt.Errorf("adapter %s: template: %w", man.Ref(), err)
 	}
-	a := &Adapter{Manifest: man, Dir: dir, Model: base}
+	a := &Adapter{Manifest: man, Dir: dir, Model: base, Input: in}
 	firstPos := 0
 	switch man.Method {
 	case MethodLoRA:
@@ -200,7 +202,7 @@ func Load(dir string, base *model.Model, tok tokenizer.Tokenizer, opts Options) 
 			firstPos = a.prefix.Len
 		}
 	}
-	a.Scorer, err = model.NewScorer(a.Model, p, model.ScorerOptions{MaxTextTokens: opts.MaxTextTokens, LoRA: a.lora, AdapterPast: a.prefix, AdapterPastPositions: firstPos})
+	a.Scorer, err = model.NewScorer(a.Model, p, model.ScorerOptions{MaxTextTokens: in.MaxTokens(), LoRA: a.lora, AdapterPast: a.prefix, AdapterPastPositions: firstPos})
 	if err != nil {
 		a.Close()
 		return nil, fmt.Errorf("adapter %s: %w", man.Ref(), err)
@@ -211,15 +213,29 @@ func Load(dir string, base *model.Model, tok tokenizer.Tokenizer, opts Options) 
 // Bare is the base model with a template, served as the pseudo-adapter
 // "base@<template version>".
 func Bare(base *model.Model, tok tokenizer.Tokenizer, tmpl prompt.Template, opts Options) (*Adapter, error) {
-	p, err := tmpl.Compile(tok)
+	p, in, err := compile(tmpl, tok, opts)
 	if err != nil {
 		return nil, fmt.Errorf("prompt template %q: %w", tmpl.Name, err)
 	}
-	sc, err := model.NewScorer(base, p, model.ScorerOptions{MaxTextTokens: opts.MaxTextTokens})
+	sc, err := model.NewScorer(base, p, model.ScorerOptions{MaxTextTokens: in.MaxTokens()})
 	if err != nil {
 		return nil, fmt.Errorf("prompt template %q: %w", tmpl.Name, err)
 	}
 	man := Manifest{ID: "base", Version: tmpl.Version(), Method: MethodNone, Template: tmpl, Language: tmpl.Language,
 		BaseModel: BaseModel{Name: base.Config().Name, Fingerprint: base.Fingerprint()}}
-	return &Adapter{Manifest: man, Scorer: sc, Model: base}, nil
+	return &Adapter{Manifest: man, Scorer: sc, Model: base, Input: in}, nil
+}
+
+// compile prepares a template's shared prompt and per-message input.
+func compile(tmpl prompt.Template, tok tokenizer.Tokenizer, opts Options) (model.Prompt, prompt.Input, error) {
+	p, err := tmpl.Compile(tok)
+	if err != nil {
+		return model.Prompt{}, prompt.Input{}, err
+	}
+	maxText := opts.MaxTextTokens
+	if maxText <= 0 {
+		maxText = 512
+	}
+	in, err := tmpl.Input(tok, maxText)
+	return p, in, err
 }

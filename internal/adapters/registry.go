@@ -269,7 +269,8 @@ func (r *Registry) List() []classifyapi.AdapterInfo {
 func Info(a *Adapter, isDefault bool) classifyapi.AdapterInfo {
 	m := a.Manifest
 	return classifyapi.AdapterInfo{ID: m.ID, Version: m.Version, Method: m.Method, Labels: m.Template.Labels,
-		LabelSet: m.Template.Version(), Language: m.Language, Default: isDefault, Merged: a.merged}
+		LabelSet: m.Template.Version(), Language: m.Language, Default: isDefault, Merged: a.merged,
+		ContextMessages: a.Input.ContextMessages()}
 }
 
 // Close frees every adapter. Call it after the last batch.

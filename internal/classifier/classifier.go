@@ -282,7 +282,9 @@ func (s *server) classify(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, classifyapi.CodeUnavailable, "shutting down")
 		return
 	}
-	limit := int64(s.cfg.MaxTexts)*int64(s.cfg.MaxTextBytes)*2 + 4096
+	// Every text may come with as many previous messages as a template
+	// can use, each as long as a text (twice, for JSON escapes).
+	limit := int64(s.cfg.MaxTexts)*int64(s.cfg.MaxTextBytes)*2*(1+prompt.MaxContextMessages) + 4096
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		outcome = "too_large"
@@ -313,12 +315,16 @@ func (s *server) classify(w http.ResponseWriter, r *http.Request) {
 	adapter = info.Ref()
 
 	tokens := make([][]int64, len(req.Texts))
+	contextUsed := make([]int, len(req.Texts))
+	truncated := make([]bool, len(req.Texts))
 	for i, text := range req.Texts {
-		if tokens[i] = s.eng.encode(text); len(tokens[i]) == 0 {
-			// Text that tokenizes to nothing (only control characters) is
-			// still a message: classify it as a single space.
-			tokens[i] = s.eng.encode(" ")
+		var turns []prompt.Turn
+		if i < len(req.Contexts) {
+			for _, t := range req.Contexts[i] {
+				turns = append(turns, prompt.Turn{Role: t.Role, Text: t.Text})
+			}
 		}
+		tokens[i], contextUsed[i], truncated[i] = h.Adapter.Input.Tokens(turns, text)
 	}
 	ctx, cancel := context.WithDeadline(r.Context(), received.Add(deadline))
 	defer cancel()
@@ -386,7 +392,8 @@ func (s *server) classify(w http.ResponseWriter, r *http.Request) {
 		for k, p := range res.Probs {
 			probs[info.Labels[k]] = p
 		}
-		resp.Results[i] = classifyapi.Result{Label: info.Labels[res.Best], Probabilities: probs, Truncated: res.Truncated}
+		resp.Results[i] = classifyapi.Result{Label: info.Labels[res.Best], Probabilities: probs,
+			Truncated: truncated[i] || res.Truncated, ContextMessages: contextUsed[i]}
 	}
 	w.Header().Set("X-Request-Duration-Ms", strconv.FormatInt(time.Since(received).Milliseconds(), 10))
 	writeJSON(w, http.StatusOK, resp)
@@ -430,13 +437,36 @@ func (c *Component) parseClassify(body []byte) (classifyInput, *requestError) {
 		return in, &requestError{http.StatusRequestEntityTooLarge, classifyapi.CodeTooLarge,
 			fmt.Sprintf("%d texts exceed the limit of %d per request", len(req.Texts), c.MaxTexts)}
 	}
-	for i, t := range req.Texts {
-		if code, msg := validText(t, c.MaxTextBytes); code != "" {
+	check := func(what, text string) *requestError {
+		if code, msg := validText(text, c.MaxTextBytes); code != "" {
 			status := http.StatusBadRequest
 			if code == classifyapi.CodeTooLarge {
 				status = http.StatusRequestEntityTooLarge
 			}
-			return in, &requestError{status, code, fmt.Sprintf("texts[%d]: %s", i, msg)}
+			return &requestError{status, code, fmt.Sprintf("%s: %s", what, msg)}
+		}
+		return nil
+	}
+	for i, t := range req.Texts {
+		if bad := check(fmt.Sprintf("texts[%d]", i), t); bad != nil {
+			return in, bad
+		}
+	}
+	if len(req.Contexts) > len(req.Texts) {
+		return in, badRequest("%d contexts for %d texts: at most one per text", len(req.Contexts), len(req.Texts))
+	}
+	for i, turns := range req.Contexts {
+		if len(turns) > prompt.MaxContextMessages {
+			return in, &requestError{http.StatusRequestEntityTooLarge, classifyapi.CodeTooLarge,
+				fmt.Sprintf("contexts[%d]: %d messages exceed the limit of %d", i, len(turns), prompt.MaxContextMessages)}
+		}
+		for j, t := range turns {
+			if t.Role == "" || len(t.Role) > 64 {
+				return in, badRequest("contexts[%d][%d]: role must be 1-64 bytes", i, j)
+			}
+			if bad := check(fmt.Sprintf("contexts[%d][%d]", i, j), t.Text); bad != nil {
+				return in, bad
+			}
 		}
 	}
 	switch req.Priority {

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -369,5 +371,87 @@ func TestRefusesWhatCannotMakeItsDeadline(t *testing.T) {
 	}
 	if code, resp, _ := classify(t, base, classifyapi.ClassifyRequest{Texts: texts, DeadlineMs: 60_000}); code != 200 || len(resp.Results) != len(texts) {
 		t.Fatalf("64 texts with a minute: status %d, %d results", code, len(resp.Results))
+	}
+}
+
+// TestContextInThePrompt: an adapter whose template takes context uses
+// the last k previous messages sent with a text and says how many; an
+// adapter without context ignores them; malformed contexts are refused.
+func TestContextInThePrompt(t *testing.T) {
+	modelDir, adaptersDir := setup(t)
+	man, err := adapters.ReadManifest(filepath.Join(adaptersDir, "pt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctxDir := filepath.Join(adaptersDir, "ptctx")
+	if err := os.CopyFS(ctxDir, os.DirFS(filepath.Join(adaptersDir, "pt"))); err != nil {
+		t.Fatal(err)
+	}
+	man.ID, man.Template = "ptctx", prompt.Default().WithContext(2)
+	if err := adapters.WriteManifest(ctxDir, man); err != nil {
+		t.Fatal(err)
+	}
+	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir, "-adapters-dir="+adaptersDir,
+		"-max-texts=4", "-max-text-bytes=100")
+	base := "http://" + c.RT.Addr
+	three := []classifyapi.Turn{{Role: "customer", Text: "this is broken again"}, {Role: "agent", Text: "sorry about that"}, {Role: "customer", Text: "i am so angry"}}
+	req := classifyapi.ClassifyRequest{Adapter: "ptctx", Texts: []string{"fine", "fine", "fine", "fine"},
+		Contexts: [][]classifyapi.Turn{three, three[1:], nil}}
+	code, resp, bad := classify(t, base, req)
+	if code != 200 {
+		t.Fatalf("classify with context: %d %+v", code, bad)
+	}
+	r := resp.Results
+	if r[0].ContextMessages != 2 || r[1].ContextMessages != 2 || r[2].ContextMessages != 0 || r[3].ContextMessages != 0 {
+		t.Fatalf("context messages used: %d %d %d %d, want 2 2 0 0", r[0].ContextMessages, r[1].ContextMessages, r[2].ContextMessages, r[3].ContextMessages)
+	}
+	// Only the last two turns count: the first two rows see the same prompt.
+	if !maps.Equal(r[0].Probabilities, r[1].Probabilities) {
+		t.Fatalf("k=2 but the third-last turn changed the answer: %v vs %v", r[0].Probabilities, r[1].Probabilities)
+	}
+	if maps.Equal(r[0].Probabilities, r[2].Probabilities) || !maps.Equal(r[2].Probabilities, r[3].Probabilities) {
+		t.Fatalf("context did not reach the prompt: %v vs %v", r[0].Probabilities, r[2].Probabilities)
+	}
+	// The adapter of the same weights without context ignores it.
+	req.Adapter = "pt"
+	if code, resp, bad = classify(t, base, req); code != 200 {
+		t.Fatalf("classify on pt: %d %+v", code, bad)
+	}
+	if resp.Results[0].ContextMessages != 0 || !maps.Equal(resp.Results[0].Probabilities, resp.Results[2].Probabilities) {
+		t.Fatalf("an adapter without context used it: %+v", resp.Results[0])
+	}
+	var list classifyapi.AdaptersResponse
+	getJSON(t, base+"/v1/adapters", &list)
+	for _, a := range list.Adapters {
+		if want := map[string]int{"ptctx": 2}[a.ID]; a.ContextMessages != want {
+			t.Errorf("adapter %s lists context_messages %d, want %d", a.ID, a.ContextMessages, want)
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		body   string
+		status int
+	}{
+		{"more contexts than texts", `{"texts": ["a"], "contexts": [[], []]}`, 400},
+		{"empty role", `{"texts": ["a"], "contexts": [[{"role": "", "text": "x"}]]}`, 400},
+		{"empty turn text", `{"texts": ["a"], "contexts": [[{"role": "agent", "text": ""}]]}`, 400},
+		{"oversized turn", `{"texts": ["a"], "contexts": [[{"role": "agent", "text": "` + strings.Repeat("x", 101) + `"}]]}`, 413},
+		{"too many turns", `{"texts": ["a"], "contexts": [[` + strings.Repeat(`{"role": "agent", "text": "x"},`, prompt.MaxContextMessages) + `{"role": "agent", "text": "x"}]]}`, 413},
+	} {
+		if code, raw := post(t, base+"/v1/classify", []byte(tc.body)); code != tc.status {
+			t.Errorf("%s: status %d (%s), want %d", tc.name, code, raw, tc.status)
+		}
+	}
+}
+
+func getJSON(t *testing.T, url string, out any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
 	}
 }

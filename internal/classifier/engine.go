@@ -39,16 +39,6 @@ type engine struct {
 	reg   *adapters.Registry
 }
 
-// encode tokenizes a text (already checked to be valid UTF-8).
-func (e *engine) encode(text string) []int64 {
-	ids := e.tok.Encode(text)
-	out := make([]int64, len(ids))
-	for i, id := range ids {
-		out[i] = int64(id)
-	}
-	return out
-}
-
 // run computes one batch: rows of one group, possibly of several adapters.
 func (e *engine) run(_ context.Context, b *batcher.Batch[job]) ([]model.Result, error) {
 	rows := make([]model.Row, len(b.Payloads))
@@ -69,7 +59,8 @@ func (e *engine) warmUp() error {
 		return err
 	}
 	defer h.Release()
-	_, err = h.Scorer.Score([][]int64{e.encode("warm up")})
+	ids, _, _ := h.Adapter.Input.Tokens(nil, "warm up")
+	_, err = h.Scorer.Score([][]int64{ids})
 	return err
 }
 

@@ -18,6 +18,11 @@ const (
 type ClassifyRequest struct {
 	// Texts are classified independently; at most the server's -max-texts.
 	Texts []string `json:"texts"`
+	// Contexts, when present, has one entry per text: the previous
+	// messages of its conversation, oldest first. Adapters whose template
+	// takes context use its last k turns that fit its token budget (see
+	// Result.ContextMessages); others ignore it.
+	Contexts [][]Turn `json:"contexts,omitempty"`
 	// Adapter is "id" or "id@version"; empty means the default adapter.
 	Adapter string `json:"adapter,omitempty"`
 	// Priority is PriorityLive (the default) or PriorityReplay.
@@ -55,6 +60,15 @@ type Result struct {
 	// Truncated is true when the text was cut to the server's maximum input
 	// length before classification.
 	Truncated bool `json:"truncated,omitempty"`
+	// ContextMessages is how many previous messages were in the prompt.
+	ContextMessages int `json:"context_messages,omitempty"`
+}
+
+// Turn is a previous message of a text's conversation.
+type Turn struct {
+	// Role is the speaker role (contract.SpeakerRoles).
+	Role string `json:"role"`
+	Text string `json:"text"`
 }
 
 // AdaptersResponse is the body of GET /v1/adapters.
@@ -79,6 +93,9 @@ type AdapterInfo struct {
 	// Merged is true when the adapter's weights are merged into the base
 	// model (one adapter per worker) rather than applied per row.
 	Merged bool `json:"merged,omitempty"`
+	// ContextMessages is the most previous messages the adapter's template
+	// puts in the prompt (0: messages are classified alone).
+	ContextMessages int `json:"context_messages,omitempty"`
 }
 
 // Ref returns "id@version".

@@ -1,8 +1,10 @@
 // Package prompt owns classification prompt templates: the instruction
-// around a message, the label set, and how a template becomes the token
-// layout the engine scores (model.Prompt) for each model family's chat
-// format. A template's Version hashes everything that changes the model's
-// answer, so cached results of one template are never served for another.
+// around a message, the label set, the conversation context placed before
+// the message, and how a template becomes the token layout the engine
+// scores (model.Prompt, and Input for the per-message tokens) for each
+// model family's chat format. A template's Version hashes everything that
+// changes the model's answer, so cached results of one template are never
+// served for another.
 package prompt
 
 import (
@@ -45,6 +47,10 @@ type Template struct {
 	// Language is the language of the messages the template is meant for
 	// (BCP 47), informational.
 	Language string `json:"language,omitempty"`
+	// Context, when set, puts the previous messages of the message's
+	// conversation into the prompt where Text has {context} (which must
+	// come before {text}). Nil: messages are classified alone.
+	Context *Context `json:"context,omitempty"`
 }
 
 // Default is the template used when none is configured: Ekman's six basic
@@ -105,7 +111,7 @@ func (t Template) Validate() error {
 	default:
 		return fmt.Errorf("wrap must be chat or raw, got %q", t.Wrap)
 	}
-	return nil
+	return t.validateContext()
 }
 
 // Version is a short hash of everything in the template that changes the
@@ -120,6 +126,12 @@ func (t Template) Version() string {
 	for _, l := range t.Labels {
 		fmt.Fprintf(h, "%q\x00", l)
 	}
+	if t.Context != nil {
+		c := t.Context.withDefaults()
+		// Only context templates hash these, so the versions (and cache
+		// keys) of templates without context are what they always were.
+		fmt.Fprintf(h, "context\x00%d\x00%d\x00%q\x00", c.Messages, c.MaxTokens, c.Turn)
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -133,6 +145,9 @@ func (t Template) Compile(tok tokenizer.Tokenizer) (model.Prompt, error) {
 	}
 	text := strings.ReplaceAll(t.Text, "{labels}", strings.Join(t.Labels, ", "))
 	before, after, _ := strings.Cut(text, "{text}")
+	// With context, the prompt's shared prefix ends at {context}: what
+	// follows it up to the message is per message (see Input).
+	before, _, _ = strings.Cut(before, "{context}")
 	pre, post, answerOpen, err := wrapTokens(tok, t.Wrap)
 	if err != nil {
 		return model.Prompt{}, err
