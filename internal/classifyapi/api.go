@@ -4,6 +4,8 @@
 package classifyapi
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 )
@@ -64,11 +66,30 @@ type Result struct {
 	ContextMessages int `json:"context_messages,omitempty"`
 }
 
+// MaxContextTurns is the most previous messages a request may send with
+// one text.
+const MaxContextTurns = 32
+
 // Turn is a previous message of a text's conversation.
 type Turn struct {
 	// Role is the speaker role (contract.SpeakerRoles).
 	Role string `json:"role"`
 	Text string `json:"text"`
+}
+
+// ContextFingerprint is a hex SHA-256 over turns (roles and texts), or ""
+// for none. Cached results are keyed by it, so a result computed with one
+// context is never served for another, and a text without context keeps
+// the key it always had.
+func ContextFingerprint(turns []Turn) string {
+	if len(turns) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	for _, t := range turns {
+		fmt.Fprintf(h, "%d:%s%d:%s", len(t.Role), t.Role, len(t.Text), t.Text)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // AdaptersResponse is the body of GET /v1/adapters.

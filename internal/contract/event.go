@@ -33,6 +33,14 @@ type EmotionEvent struct {
 	// Truncated is true when the text was longer than the classifier's
 	// maximum input and only its beginning was classified.
 	Truncated bool `json:"truncated,omitempty"`
+	// ContextMessages is how many previous messages of the conversation
+	// were in the prompt (ingest -context-messages; 0 when classified
+	// alone).
+	ContextMessages int `json:"context_messages,omitempty"`
+	// ContextSource says where the context came from when ingest keeps
+	// conversation windows: "redis", or "memory" while Redis was
+	// unavailable (the window this ingest process held, possibly shorter).
+	ContextSource string `json:"context_source,omitempty"`
 
 	// Model identifies the base model (name and weights fingerprint).
 	Model string `json:"model"`

@@ -12,6 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/emoflow/emoflow/internal/classifyapi"
 )
 
 // classification is the result for one text, as published in events and
@@ -20,19 +22,27 @@ type classification struct {
 	Label         string             `json:"label"`
 	Probabilities map[string]float64 `json:"probabilities"`
 	Truncated     bool               `json:"truncated,omitempty"`
-	Model         string             `json:"model"`
-	Adapter       string             `json:"adapter"`
-	LabelSet      string             `json:"label_set"`
-	ClassifiedAt  time.Time          `json:"classified_at"`
+	// ContextMessages is how many previous messages were in the prompt.
+	ContextMessages int       `json:"context_messages,omitempty"`
+	Model           string    `json:"model"`
+	Adapter         string    `json:"adapter"`
+	LabelSet        string    `json:"label_set"`
+	ClassifiedAt    time.Time `json:"classified_at"`
 }
 
 // cacheKey is the Redis key of the classification of text (normalised) by
-// t: a hash of the model, the exact adapter version, the label set and the
-// text, so that a new model, adapter version or prompt never reuses old
-// results. The "v1" names the value format.
-func cacheKey(prefix string, t target, text string) string {
+// t with turns as its context: a hash of the model, the exact adapter
+// version, the label set, the text and the context's fingerprint, so that
+// a new model, adapter version, prompt or context never reuses old
+// results. A text without context keeps the key it had before contexts
+// existed. The "v1" names the value format.
+func cacheKey(prefix string, t target, text string, turns []classifyapi.Turn) string {
 	h := sha256.New()
-	for _, part := range []string{t.Model, t.Adapter, t.LabelSet, text} {
+	parts := []string{t.Model, t.Adapter, t.LabelSet, text}
+	if fp := classifyapi.ContextFingerprint(turns); fp != "" {
+		parts = append(parts, "context", fp)
+	}
+	for _, part := range parts {
 		h.Write([]byte(part))
 		h.Write([]byte{0}) // separator: ("ab","c") and ("a","bc") differ
 	}

@@ -142,6 +142,14 @@ func (c *catalog) run(ctx context.Context, every time.Duration, onError func(err
 	}
 }
 
+// contextMessages is how many previous messages t's template takes (0 for
+// none, or when the catalog does not list t).
+func (c *catalog) contextMessages(t target) int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.byRef[t.Adapter].ContextMessages
+}
+
 // resolve turns a message's adapter hint into a target: "" is the default
 // adapter, "id" the version resolveID picks, "id@version" itself. It fails
 // with errUnknownAdapter when the catalog does not list the adapter, and

@@ -76,6 +76,20 @@ type Config struct {
 	// is abandoned uncommitted. Keep it below the rebalance timeout and the
 	// service's -shutdown-timeout.
 	DrainTimeout time.Duration
+
+	// ContextMessages is k, the most previous messages of a conversation
+	// sent with each message to adapters whose template takes context (at
+	// most the adapter's own k); 0 classifies every message alone.
+	ContextMessages int
+	// ContextWindow is the most messages kept per conversation window.
+	ContextWindow int
+	// ContextTTL is how long an idle conversation's window is kept.
+	ContextTTL time.Duration
+	// ContextKeyPrefix prefixes the windows' Redis keys.
+	ContextKeyPrefix string
+	// ContextLocalConversations bounds the in-memory windows (least
+	// recently used conversations are dropped first).
+	ContextLocalConversations int
 }
 
 // flagValues holds the flags that are parsed into Config by validate.
@@ -125,6 +139,12 @@ func (c *Config) registerFlags(fs *flag.FlagSet, raw *flagValues) {
 	fs.StringVar(&raw.deadLetterRedactTenants, "dead-letter-redact-tenants", "", "tenant ids, comma-separated, whose dead letters are forwarded without their value (the text), keeping the key, headers, reason, detail and source position (header "+contract.HeaderValueRedacted+"); * redacts every tenant, including messages whose tenant cannot be read")
 	fs.DurationVar(&c.CommitInterval, "commit-interval", time.Second, "how often finished offsets are committed")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "how long in-flight work may take to finish at a rebalance or shutdown before it is abandoned uncommitted; keep it below -rebalance-timeout and -shutdown-timeout")
+
+	fs.IntVar(&c.ContextMessages, "context-messages", 0, "previous messages of the same conversation (in partition order) sent with each message to adapters whose template takes context, at most the adapter's own; 0 classifies messages alone")
+	fs.IntVar(&c.ContextWindow, "context-window", 64, "messages kept per conversation window (Redis and memory); a redelivered message gets exactly its first context while fewer than this minus -context-messages messages of its conversation were processed past the last commit")
+	fs.DurationVar(&c.ContextTTL, "context-ttl", 24*time.Hour, "how long an idle conversation's window is kept in Redis")
+	fs.StringVar(&c.ContextKeyPrefix, "context-key-prefix", "emoflow:ctx:", "prefix of the conversation windows' Redis keys (followed by topic:partition:tenant:conversation)")
+	fs.IntVar(&c.ContextLocalConversations, "context-local-conversations", 100000, "conversation windows kept in memory, used while Redis is unavailable")
 }
 
 // validate fills the list fields from raw and checks the configuration.
@@ -169,6 +189,10 @@ func (c *Config) validate(raw flagValues) error {
 	check(c.DrainTimeout < c.RebalanceTimeout, "-drain-timeout (%s) must be shorter than -rebalance-timeout (%s)", c.DrainTimeout, c.RebalanceTimeout)
 	check(c.Priority == classifyapi.PriorityLive || c.Priority == classifyapi.PriorityReplay, "-priority %q: want live or replay", c.Priority)
 	check(c.RunID != "", "-run-id is required")
+	check(c.ContextMessages >= 0 && c.ContextMessages <= classifyapi.MaxContextTurns, "-context-messages must be 0-%d", classifyapi.MaxContextTurns)
+	check(c.ContextMessages == 0 || c.ContextWindow >= c.ContextMessages, "-context-window (%d) must be at least -context-messages (%d)", c.ContextWindow, c.ContextMessages)
+	check(c.ContextMessages == 0 || (c.ContextTTL > 0 && c.ContextLocalConversations > 0 && c.ContextKeyPrefix != ""),
+		"-context-ttl, -context-local-conversations and -context-key-prefix must be set when -context-messages is")
 	check(c.Priority != classifyapi.PriorityReplay || c.RunID != contract.LiveRun, "-priority replay needs a -run-id other than %q", contract.LiveRun)
 	check(!c.StopAtEnd || c.StopAtOffsets == nil, "-stop-at-end and -stop-at-offsets exclude each other")
 	if c.Adapter != "" {

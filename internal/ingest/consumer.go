@@ -160,10 +160,24 @@ func (c *consumer) runGeneration(ctx, genCtx context.Context, gen *kafka.Generat
 	}
 	batches := make(chan []*work)
 	go batch(workCtx, g.items, batches, c.cfg.BatchSize, c.cfg.BatchWait)
+	// One goroutine prepares the batches in order (conversation contexts
+	// follow partition order), many process them.
+	prepared := make(chan []*work)
+	go func() {
+		defer close(prepared)
+		for b := range batches {
+			c.proc.prepare(workCtx, b)
+			select {
+			case prepared <- b:
+			case <-workCtx.Done():
+				return
+			}
+		}
+	}()
 	var workers sync.WaitGroup
 	for range c.cfg.Workers {
 		workers.Go(func() {
-			for b := range batches {
+			for b := range prepared {
 				c.proc.process(workCtx, b)
 			}
 		})

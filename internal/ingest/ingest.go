@@ -126,6 +126,14 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	pub := newPublisher(&cfg, log, warn, m)
 	defer pub.close()
 	proc := &processor{cfg: &cfg, client: client, catalog: cat, cache: cache, joins: newJoiner(), pub: pub, log: log, warn: warn, m: m}
+	if cfg.ContextMessages > 0 {
+		if proc.windows, err = newContextWindows(&cfg, cache, m); err != nil {
+			return err
+		}
+		if cache == nil {
+			log.Warn("no -redis-addr: conversation windows live in this process only; a restart or a partition moving elsewhere restarts their contexts")
+		}
+	}
 	cons := &consumer{cfg: &cfg, proc: proc, overloadedUntil: client.OverloadedUntil, admin: admin, log: log, warn: warn, m: m, ends: ends}
 	rt.SetReady()
 	log.Info("consuming", "topic", cfg.InputTopic, "group", cfg.GroupID, "run_id", cfg.RunID, "priority", cfg.Priority)

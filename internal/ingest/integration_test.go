@@ -287,7 +287,7 @@ func TestIntegrationRedisOutage(t *testing.T) {
 		defer cancel()
 		n := 0
 		for _, m := range msgs {
-			key := cacheKey(h.prefix, target{Model: fakeModel, Adapter: fakeDefaultAdapter, LabelSet: "ls-a"}, contract.NormalizeText(m.Text))
+			key := cacheKey(h.prefix, target{Model: fakeModel, Adapter: fakeDefaultAdapter, LabelSet: "ls-a"}, contract.NormalizeText(m.Text), nil)
 			if c, err := rdb.Exists(ctx, key).Result(); err == nil {
 				n += int(c)
 			}

@@ -27,6 +27,8 @@ type metrics struct {
 	commits           *prometheus.CounterVec
 	generations       prometheus.Counter
 	fetchPaused       prometheus.Counter
+	contextAssigned   *prometheus.CounterVec
+	contextErrors     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -65,10 +67,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Consumer group generations joined (one per rebalance)."}),
 		fetchPaused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "fetch_paused_seconds_total",
 			Help: "Time fetching was paused because every classifier endpoint was overloaded."}),
+		contextAssigned: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "context_messages_total",
+			Help: "Messages given a conversation context, by the window it came from: redis, or memory (Redis unavailable)."}, []string{"source"}),
+		contextErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "context_window_errors_total",
+			Help: "Conversation windows in Redis that could not be read (the batch used the in-memory windows)."}),
 	}
 	reg.MustRegister(m.messages, m.lag, m.inFlight, m.batchSize, m.classifyTexts, m.classifierSeconds, m.classifyFailures,
 		m.targetMismatches, m.cacheLookups, m.cacheErrors, m.redisUp, m.endToEnd, m.publishErrors, m.commits,
-		m.generations, m.fetchPaused)
+		m.generations, m.fetchPaused, m.contextAssigned, m.contextErrors)
 	return m
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -26,9 +27,15 @@ type work struct {
 	// done marks the message complete: its offset may be committed.
 	done func()
 
-	chat   contract.ChatMessage
-	target target
-	key    string
+	chat contract.ChatMessage
+	// context is the conversation's previous messages (see contextWindows),
+	// from contextSource; sent is the part of it sent with the text, for
+	// the target's template.
+	context       []classifyapi.Turn
+	contextSource string
+	sent          []classifyapi.Turn
+	target        target
+	key           string
 	// Exactly one of res and reject is set once the message is processed.
 	res      *classification
 	reject   *contract.InvalidError
@@ -48,6 +55,7 @@ type processor struct {
 	client  classifier
 	catalog *catalog
 	cache   *resultCache
+	windows *contextWindows // nil without -context-messages
 	joins   *joiner
 	pub     *publisher
 	log     *slog.Logger
@@ -55,14 +63,31 @@ type processor struct {
 	m       *metrics
 }
 
-// process handles one batch: decode and validate, resolve adapters, look up
+// prepare decodes and validates a batch and gives its messages their
+// conversation context. It runs on one goroutine, batch after batch in
+// fetch order, so that contexts follow partition order (see
+// contextWindows); process then runs on many.
+func (p *processor) prepare(ctx context.Context, ws []*work) {
+	p.decode(ws)
+	if p.windows != nil {
+		p.windows.assign(ctx, ws)
+	}
+}
+
+// process handles one prepared batch: resolve adapters, look up
 // the cache, classify the misses, publish events and dead letters, and mark
 // every message done once its output is acknowledged. It retries transient
 // failures until ctx ends; then it returns without marking anything done,
 // so that nothing unfinished is committed.
 func (p *processor) process(ctx context.Context, ws []*work) {
 	p.m.batchSize.Observe(float64(len(ws)))
-	valid, err := p.resolveTargets(ctx, p.decode(ws))
+	var decoded []*work
+	for _, w := range ws {
+		if w.reject == nil {
+			decoded = append(decoded, w)
+		}
+	}
+	valid, err := p.resolveTargets(ctx, decoded)
 	if err != nil {
 		return
 	}
@@ -168,7 +193,8 @@ func (p *processor) classifyAll(ctx context.Context, ws []*work) error {
 	var keys []string
 	var lookups []*work
 	for _, w := range ws {
-		w.key = cacheKey(p.cfg.RedisKeyPrefix, w.target, w.chat.Text)
+		w.sent = w.context[max(0, len(w.context)-p.catalog.contextMessages(w.target)):]
+		w.key = cacheKey(p.cfg.RedisKeyPrefix, w.target, w.chat.Text, w.sent)
 		if w.target.cacheable() {
 			keys = append(keys, w.key)
 			lookups = append(lookups, w)
@@ -246,11 +272,12 @@ func (p *processor) classifyMisses(ctx context.Context, ws []*work) (retry []*wo
 	for _, t := range targets {
 		group := leads[t]
 		texts := make([]string, len(group))
+		contexts := make([][]classifyapi.Turn, len(group))
 		for i, l := range group {
-			texts[i] = byKey[l.key][0].chat.Text
+			texts[i], contexts[i] = byKey[l.key][0].chat.Text, byKey[l.key][0].sent
 		}
 		start := time.Now()
-		results, rejects, err := p.classifyTexts(ctx, t, texts)
+		results, rejects, err := p.classifyTexts(ctx, t, texts, contexts)
 		classifyMs := msSince(start)
 		if errors.Is(err, errTargetGone) {
 			// Followers retry on their own and meet the same answer.
@@ -279,7 +306,7 @@ func (p *processor) classifyMisses(ctx context.Context, ws []*work) (retry []*wo
 				// differ from what the catalog predicted.
 				rt := target{Model: r.Model, Adapter: r.Adapter, LabelSet: r.LabelSet}
 				if rt.cacheable() {
-					fresh[cacheKey(p.cfg.RedisKeyPrefix, rt, texts[i])] = *r
+					fresh[cacheKey(p.cfg.RedisKeyPrefix, rt, texts[i], contexts[i])] = *r
 				}
 			}
 		}
@@ -341,7 +368,8 @@ func (p *processor) retarget(ctx context.Context, group []ledKey, byKey map[stri
 		switch {
 		case err == nil && t != gone:
 			w.target = t
-			w.key = cacheKey(p.cfg.RedisKeyPrefix, t, w.chat.Text)
+			w.sent = w.context[max(0, len(w.context)-p.catalog.contextMessages(t)):]
+			w.key = cacheKey(p.cfg.RedisKeyPrefix, t, w.chat.Text, w.sent)
 			again = append(again, w)
 		case err == nil || errors.Is(err, errUnknownAdapter):
 			w.reject = &contract.InvalidError{Reason: contract.ReasonUnknownAdapter,
@@ -362,19 +390,23 @@ var errTargetGone = errors.New("adapter version no longer served")
 // isolated by splitting the request in halves and rejected one by one, so
 // one bad text cannot block the others. It returns one result or rejection
 // per text, or errTargetGone, or ctx's error.
-func (p *processor) classifyTexts(ctx context.Context, t target, texts []string) ([]*classification, []*contract.InvalidError, error) {
+func (p *processor) classifyTexts(ctx context.Context, t target, texts []string, contexts [][]classifyapi.Turn) ([]*classification, []*contract.InvalidError, error) {
 	results := make([]*classification, len(texts))
 	rejects := make([]*contract.InvalidError, len(texts))
-	err := p.classifyRange(ctx, t, texts, results, rejects)
+	err := p.classifyRange(ctx, t, texts, contexts, results, rejects)
 	return results, rejects, err
 }
 
-func (p *processor) classifyRange(ctx context.Context, t target, texts []string, results []*classification, rejects []*contract.InvalidError) error {
+func (p *processor) classifyRange(ctx context.Context, t target, texts []string, contexts [][]classifyapi.Turn, results []*classification, rejects []*contract.InvalidError) error {
 	b := newRetryBackoff()
 	for {
 		callCtx, cancel := context.WithTimeout(ctx, p.cfg.ClassifyTimeout)
 		p.m.classifyTexts.Observe(float64(len(texts)))
-		resp, err := p.client.Classify(callCtx, classifyapi.ClassifyRequest{Texts: texts, Adapter: t.Adapter, Priority: p.cfg.Priority})
+		req := classifyapi.ClassifyRequest{Texts: texts, Adapter: t.Adapter, Priority: p.cfg.Priority}
+		if slices.ContainsFunc(contexts, func(c []classifyapi.Turn) bool { return len(c) > 0 }) {
+			req.Contexts = contexts
+		}
+		resp, err := p.client.Classify(callCtx, req)
 		cancel()
 		if err == nil {
 			now := time.Now()
@@ -386,7 +418,7 @@ func (p *processor) classifyRange(ctx context.Context, t target, texts []string,
 				p.catalog.kick()
 			}
 			for i, r := range resp.Results {
-				results[i] = &classification{Label: r.Label, Probabilities: r.Probabilities, Truncated: r.Truncated,
+				results[i] = &classification{Label: r.Label, Probabilities: r.Probabilities, Truncated: r.Truncated, ContextMessages: r.ContextMessages,
 					Model: resp.Model, Adapter: resp.Adapter, LabelSet: resp.LabelSet, ClassifiedAt: now}
 			}
 			return nil
@@ -401,10 +433,10 @@ func (p *processor) classifyRange(ctx context.Context, t target, texts []string,
 			}
 			if len(texts) > 1 {
 				mid := len(texts) / 2
-				if err := p.classifyRange(ctx, t, texts[:mid], results[:mid], rejects[:mid]); err != nil {
+				if err := p.classifyRange(ctx, t, texts[:mid], contexts[:mid], results[:mid], rejects[:mid]); err != nil {
 					return err
 				}
-				return p.classifyRange(ctx, t, texts[mid:], results[mid:], rejects[mid:])
+				return p.classifyRange(ctx, t, texts[mid:], contexts[mid:], results[mid:], rejects[mid:])
 			}
 			rejects[0] = &contract.InvalidError{Reason: contract.ReasonClassifierRejected, Detail: apiErr.Error()}
 			return nil
@@ -446,6 +478,7 @@ func (p *processor) event(w *work) contract.EmotionEvent {
 		Probabilities:   r.Probabilities,
 		TrueLabel:       w.chat.Label,
 		Truncated:       r.Truncated,
+		ContextMessages: r.ContextMessages,
 		Model:           r.Model,
 		Adapter:         r.Adapter,
 		LabelSet:        r.LabelSet,
@@ -456,6 +489,9 @@ func (p *processor) event(w *work) contract.EmotionEvent {
 		ClassifiedAt:    r.ClassifiedAt,
 		Timings:         w.timings,
 		Source:          contract.Source{Topic: w.msg.Topic, Partition: w.msg.Partition, Offset: w.msg.Offset},
+	}
+	if p.windows != nil {
+		ev.ContextSource = w.contextSource
 	}
 	if p.cfg.EventsIncludeText {
 		ev.Text = w.chat.Text

@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -17,25 +19,33 @@ import (
 
 func TestCacheKeyDependsOnEveryPart(t *testing.T) {
 	base := target{Model: "m", Adapter: "a@1", LabelSet: "ls"}
-	k := cacheKey("p:", base, "hello")
-	if k != cacheKey("p:", base, "hello") {
+	k := cacheKey("p:", base, "hello", nil)
+	if k != cacheKey("p:", base, "hello", nil) {
 		t.Fatal("cacheKey is not deterministic")
 	}
 	variants := map[string]string{
-		"model":     cacheKey("p:", target{Model: "m2", Adapter: "a@1", LabelSet: "ls"}, "hello"),
-		"adapter":   cacheKey("p:", target{Model: "m", Adapter: "a@2", LabelSet: "ls"}, "hello"),
-		"label set": cacheKey("p:", target{Model: "m", Adapter: "a@1", LabelSet: "ls2"}, "hello"),
-		"text":      cacheKey("p:", base, "hello!"),
+		"model":     cacheKey("p:", target{Model: "m2", Adapter: "a@1", LabelSet: "ls"}, "hello", nil),
+		"adapter":   cacheKey("p:", target{Model: "m", Adapter: "a@2", LabelSet: "ls"}, "hello", nil),
+		"label set": cacheKey("p:", target{Model: "m", Adapter: "a@1", LabelSet: "ls2"}, "hello", nil),
+		"text":      cacheKey("p:", base, "hello!", nil),
 		// Moving a byte between fields must not collide.
-		"boundary": cacheKey("p:", target{Model: "m", Adapter: "a@1l", LabelSet: "s"}, "hello"),
+		"boundary":     cacheKey("p:", target{Model: "m", Adapter: "a@1l", LabelSet: "s"}, "hello", nil),
+		"context":      cacheKey("p:", base, "hello", []classifyapi.Turn{{Role: "customer", Text: "hi"}}),
+		"context role": cacheKey("p:", base, "hello", []classifyapi.Turn{{Role: "agent", Text: "hi"}}),
 	}
 	for what, v := range variants {
 		if v == k {
 			t.Errorf("changing the %s does not change the key", what)
 		}
 	}
-	if got := cacheKey("other:", base, "hello"); got[:6] != "other:" || got[6:] != k[2:] {
+	if got := cacheKey("other:", base, "hello", nil); got[:6] != "other:" || got[6:] != k[2:] {
 		t.Errorf("prefix not applied as is: %q vs %q", got, k)
+	}
+	// Keys of messages without context are the keys of the releases before
+	// contexts existed: upgrading ingest keeps the cache warm.
+	sum := sha256.Sum256([]byte("m\x00a@1\x00ls\x00hello\x00"))
+	if want := "p:v1:" + hex.EncodeToString(sum[:]); k != want {
+		t.Errorf("key without context %s, want the earlier %s", k, want)
 	}
 }
 
@@ -271,7 +281,7 @@ func TestFollowersShareTheLeadersResult(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Another batch leads "shared".
-	sharedKey := cacheKey("t:", ws[0].target, "shared")
+	sharedKey := cacheKey("t:", ws[0].target, "shared", nil)
 	fl, leader := p.joins.claim(sharedKey)
 	if !leader {
 		t.Fatal("first claim must lead")

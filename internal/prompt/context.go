@@ -1,11 +1,10 @@
 package prompt
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"strings"
 
+	"github.com/emoflow/emoflow/internal/classifyapi"
 	"github.com/emoflow/emoflow/internal/tokenizer"
 )
 
@@ -29,7 +28,7 @@ type Context struct {
 
 // Context limits.
 const (
-	MaxContextMessages = 32
+	MaxContextMessages = classifyapi.MaxContextTurns
 	defaultContextTurn = "{role}: {text}\n"
 	defaultContextSize = 256
 )
@@ -50,21 +49,6 @@ func (c Context) withDefaults() Context {
 type Turn struct {
 	Role string `json:"role"`
 	Text string `json:"text"`
-}
-
-// Fingerprint is a hex SHA-256 over the turns (roles and texts), or ""
-// for none: cached results are keyed by it, so a result computed with one
-// context is never served for another, and a message without context
-// keeps the key it always had.
-func Fingerprint(turns []Turn) string {
-	if len(turns) == 0 {
-		return ""
-	}
-	h := sha256.New()
-	for _, t := range turns {
-		fmt.Fprintf(h, "%d:%s%d:%s", len(t.Role), t.Role, len(t.Text), t.Text)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // validateContext checks {context} against Context.
