@@ -26,8 +26,20 @@ var (
 		{ID: "emo", Version: "1", Method: "lora", Labels: fakeLabels, LabelSet: "ls-a"},
 		{ID: "emo", Version: "2", Method: "lora", Labels: fakeLabels, LabelSet: "ls-a", Default: true},
 		{ID: "other", Version: "1", Method: "ptuning-v2", Labels: fakeLabels, LabelSet: "ls-b"},
+		// ctx's template takes the 2 previous messages as context.
+		{ID: "ctx", Version: "1", Method: "lora", Labels: fakeLabels, LabelSet: "ls-c", ContextMessages: 2},
 	}
 )
+
+// fakeContextLabel is the fake classifier's answer with context: a pure
+// function of the adapter, the text and the (at most k) last turns.
+func fakeContextLabel(adapter, text string, turns []classifyapi.Turn, k int) (string, int) {
+	turns = turns[max(0, len(turns)-k):]
+	if len(turns) == 0 {
+		return fakeLabel(adapter, text), 0
+	}
+	return fakeLabel(adapter, text+"\x00"+classifyapi.ContextFingerprint(turns)), len(turns)
+}
 
 // fakeLabel is the fake classifier's answer: a pure function of the adapter
 // and the text, so tests know every expected label.
@@ -141,14 +153,18 @@ func (f *fakeClassifier) classify(w http.ResponseWriter, r *http.Request) {
 	f.texts.Add(int64(len(req.Texts)))
 
 	resp := classifyapi.ClassifyResponse{Model: fakeModel, Adapter: info.Ref(), LabelSet: info.LabelSet, Labels: fakeLabels}
-	for _, text := range req.Texts {
-		label := fakeLabel(info.Ref(), text)
+	for i, text := range req.Texts {
+		var turns []classifyapi.Turn
+		if i < len(req.Contexts) {
+			turns = req.Contexts[i]
+		}
+		label, used := fakeContextLabel(info.Ref(), text, turns, info.ContextMessages)
 		probs := map[string]float64{}
 		for _, l := range fakeLabels {
 			probs[l] = 0.1
 		}
 		probs[label] = 0.7
-		resp.Results = append(resp.Results, classifyapi.Result{Label: label, Probabilities: probs})
+		resp.Results = append(resp.Results, classifyapi.Result{Label: label, Probabilities: probs, ContextMessages: used})
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
