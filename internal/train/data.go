@@ -9,10 +9,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/emoflow/emoflow/internal/contract"
 	"github.com/emoflow/emoflow/internal/datasets"
+	"github.com/emoflow/emoflow/internal/prompt"
 	"github.com/emoflow/emoflow/labelmaps"
 )
 
@@ -22,6 +24,54 @@ type Example struct {
 	ID    string `json:"id,omitempty"`
 	Text  string `json:"text"`
 	Label string `json:"label"`
+	// Conversation and Role place the example in a dialogue (examples of
+	// one conversation in dialogue order); Context, set by WithContexts,
+	// is the conversation's previous examples.
+	Conversation string        `json:"conversation_id,omitempty"`
+	Role         string        `json:"speaker_role,omitempty"`
+	Context      []prompt.Turn `json:"-"`
+}
+
+// DatasetRole is the speaker role data-set utterances get, as on the
+// topics emoctl load-dataset writes (their speakers are characters or
+// users, none of them an agent or a bot).
+const DatasetRole = "user"
+
+// WithContexts returns copies of ex, each with the (at most k) examples
+// before it in its conversation as Context: the context the pipeline
+// gives a message whose conversation's valid messages came in ex's order.
+// Examples without a conversation have none.
+func WithContexts(ex []Example, k int) []Example {
+	out := slices.Clone(ex)
+	windows := map[string][]prompt.Turn{}
+	for i, e := range out {
+		if e.Conversation == "" || k == 0 {
+			out[i].Context = nil
+			continue
+		}
+		w := windows[e.Conversation]
+		out[i].Context = slices.Clone(w[max(0, len(w)-k):])
+		role := e.Role
+		if role == "" {
+			role = DatasetRole
+		}
+		w = append(w, prompt.Turn{Role: role, Text: e.Text})
+		windows[e.Conversation] = w[max(0, len(w)-k):]
+	}
+	return out
+}
+
+// Encode builds every example's tokens with in (its Context, then its
+// text) and counts the texts cut to the text limit.
+func Encode(in prompt.Input, ex []Example) (ids [][]int64, truncated int) {
+	ids = make([][]int64, len(ex))
+	for i, e := range ex {
+		var cut bool
+		if ids[i], _, cut = in.Tokens(e.Context, e.Text); cut {
+			truncated++
+		}
+	}
+	return ids, truncated
 }
 
 // Source names labelled data: a data set of ../shared/data ("meld",
@@ -76,7 +126,7 @@ func Load(src Source, labels []string) ([]Example, DataStats, error) {
 		var ex []datasets.Example
 		ex, err = datasets.Read(src.DataDir, datasets.Set(src.Set), src.Split)
 		for _, e := range ex {
-			raw = append(raw, Example{ID: e.ID, Text: e.Text, Label: e.Label})
+			raw = append(raw, Example{ID: e.ID, Text: e.Text, Label: e.Label, Conversation: e.Conversation, Role: DatasetRole})
 		}
 	}
 	if err != nil {
@@ -177,9 +227,11 @@ func readJSONL(r io.Reader) ([]Example, error) {
 			continue
 		}
 		var e struct {
-			ID    json.RawMessage `json:"id"`
-			Text  *string         `json:"text"`
-			Label *string         `json:"label"`
+			ID           json.RawMessage `json:"id"`
+			Text         *string         `json:"text"`
+			Label        *string         `json:"label"`
+			Conversation string          `json:"conversation_id"`
+			Role         string          `json:"speaker_role"`
 		}
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
@@ -188,7 +240,7 @@ func readJSONL(r io.Reader) ([]Example, error) {
 			return nil, fmt.Errorf("line %d: want string fields text and label", n)
 		}
 		id := strings.Trim(string(e.ID), `"`)
-		out = append(out, Example{ID: id, Text: *e.Text, Label: strings.TrimSpace(*e.Label)})
+		out = append(out, Example{ID: id, Text: *e.Text, Label: strings.TrimSpace(*e.Label), Conversation: e.Conversation, Role: e.Role})
 	}
 	return out, sc.Err()
 }
@@ -209,6 +261,8 @@ func readUserCSV(r io.Reader) ([]Example, error) {
 		return nil, fmt.Errorf("header %v: want text and label columns", header)
 	}
 	ii, okI := col["id"]
+	ci, okC := col["conversation_id"]
+	ri, okR := col["speaker_role"]
 	var out []Example
 	for n := 2; ; n++ {
 		rec, err := cr.Read()
@@ -221,6 +275,12 @@ func readUserCSV(r io.Reader) ([]Example, error) {
 		e := Example{Text: rec[ti], Label: strings.TrimSpace(rec[li])}
 		if okI {
 			e.ID = rec[ii]
+		}
+		if okC {
+			e.Conversation = rec[ci]
+		}
+		if okR {
+			e.Role = rec[ri]
 		}
 		out = append(out, e)
 	}

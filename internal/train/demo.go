@@ -176,8 +176,8 @@ func BuildDemo(ctx context.Context, r DemoRecipe, dir, dataDir string, progress 
 	}
 	sum.Examples = len(testEx)
 	sum.Test = map[string]Eval{}
-	score := func(name string, sc *model.Scorer) error {
-		s, _, err := Evaluate(sc, labels, testEx, encodeAll(tok, testEx))
+	score := func(name string, a *adapters.Adapter) error {
+		s, _, err := EvaluateAdapter(a, testEx)
 		if err != nil {
 			return err
 		}
@@ -188,7 +188,7 @@ func BuildDemo(ctx context.Context, r DemoRecipe, dir, dataDir string, progress 
 	if err != nil {
 		return sum, err
 	}
-	err = score("base", bare.Scorer)
+	err = score("base", bare)
 	bare.Close()
 	if err != nil {
 		return sum, err
@@ -204,7 +204,7 @@ func BuildDemo(ctx context.Context, r DemoRecipe, dir, dataDir string, progress 
 		if err != nil {
 			return sum, err
 		}
-		err = score(cfg.ID, a.Scorer)
+		err = score(cfg.ID, a)
 		a.Close()
 		if err != nil {
 			return sum, err
@@ -212,12 +212,4 @@ func BuildDemo(ctx context.Context, r DemoRecipe, dir, dataDir string, progress 
 	}
 	sum.Seconds = time.Since(started).Seconds()
 	return sum, writeJSON(filepath.Join(dir, DemoSummaryF), sum)
-}
-
-func encodeAll(tok tokenizer.Tokenizer, ex []Example) [][]int64 {
-	out := make([][]int64, len(ex))
-	for i, e := range ex {
-		out[i] = tokenizer.Int64s(tok.Encode(e.Text))
-	}
-	return out
 }

@@ -152,20 +152,22 @@ type Result struct {
 
 // trainer is one run's state.
 type trainer struct {
-	cfg     Config
-	base    *model.Model
-	prompt  model.Prompt
-	method  method
-	opt     *AdamW
-	sched   Schedule
-	rows    []model.LossRow
-	dev     []Example
-	devIDs  [][]int64
-	tok     tokenizer.Tokenizer
-	work    string
-	report  Report
-	epochOf map[int][][]int // epoch → batches of row indices
-	log     *slog.Logger
+	cfg    Config
+	base   *model.Model
+	prompt model.Prompt
+	method method
+	opt    *AdamW
+	sched  Schedule
+	rows   []model.LossRow
+	dev    []Example
+	devIDs [][]int64
+	// maxTokens bounds a row's tokens: context, template text and message.
+	maxTokens int
+	tok       tokenizer.Tokenizer
+	work      string
+	report    Report
+	epochOf   map[int][][]int // epoch → batches of row indices
+	log       *slog.Logger
 }
 
 // ErrNaN is a loss or gradient that is not a number.
@@ -178,6 +180,9 @@ func Run(ctx context.Context, cfg Config, base *model.Model, tok tokenizer.Token
 	cfg.Defaults(base.Config())
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c := cfg.Template.Context; c != nil {
+		train, dev = WithContexts(train, c.Messages), WithContexts(dev, c.Messages)
 	}
 	t := &trainer{cfg: cfg, base: base, tok: tok, dev: dev, epochOf: map[int][][]int{}, log: cfg.Logger}
 	if err := t.prepare(train); err != nil {
@@ -219,6 +224,11 @@ func (t *trainer) prepare(train []Example) error {
 	if t.prompt, err = c.Template.Compile(t.tok); err != nil {
 		return fmt.Errorf("train: template: %w", err)
 	}
+	in, err := c.Template.Input(t.tok, c.MaxTextTokens)
+	if err != nil {
+		return fmt.Errorf("train: template: %w", err)
+	}
+	t.maxTokens = in.MaxTokens()
 	index := map[string]int{}
 	for i, l := range c.Template.Labels {
 		index[l] = i
@@ -228,12 +238,8 @@ func (t *trainer) prepare(train []Example) error {
 		if !ok {
 			return fmt.Errorf("train: %w: example %s: label %q is not in the template's label set", ErrBadData, e.ID, e.Label)
 		}
-		ids := tokenizer.Int64s(t.tok.Encode(e.Text))
-		if len(ids) == 0 {
-			continue
-		}
-		if len(ids) > c.MaxTextTokens {
-			ids = ids[:c.MaxTextTokens]
+		ids, _, cut := in.Tokens(e.Context, e.Text)
+		if cut {
 			t.report.Truncated++
 		}
 		t.rows = append(t.rows, model.LossRow{Text: ids, Label: k})
@@ -244,9 +250,7 @@ func (t *trainer) prepare(train []Example) error {
 		}
 	}
 	t.dev = sample(t.dev, c.EvalMax, c.Seed)
-	for _, e := range t.dev {
-		t.devIDs = append(t.devIDs, tokenizer.Int64s(t.tok.Encode(e.Text)))
-	}
+	t.devIDs, _ = Encode(in, t.dev)
 	if t.method, err = newMethod(*c, t.base); err != nil {
 		return fmt.Errorf("train: %w", err)
 	}
@@ -385,7 +389,7 @@ func (t *trainer) step(batch []int, update, micro int) (float64, model.LossStats
 	for i, r := range batch {
 		rows[i] = t.rows[r]
 	}
-	loss, st, err := t.base.PromptLoss(s, t.prompt, rows, tu, model.LossOptions{MaxTextTokens: t.cfg.MaxTextTokens, PadTo: 8})
+	loss, st, err := t.base.PromptLoss(s, t.prompt, rows, tu, model.LossOptions{MaxTextTokens: t.maxTokens, PadTo: 8})
 	if err != nil {
 		return 0, st, fmt.Errorf("train: update %d: %w", update+1, err)
 	}
@@ -405,7 +409,7 @@ func (t *trainer) evaluate(step int) (bool, error) {
 		// Without a dev split the last adapter is the result.
 		return true, t.writeAdapter(filepath.Join(t.work, "best"))
 	}
-	sc, release, err := t.method.scorer(t.prompt, t.cfg.MaxTextTokens)
+	sc, release, err := t.method.scorer(t.prompt, t.maxTokens)
 	if err != nil {
 		return false, fmt.Errorf("train: evaluation: %w", err)
 	}
@@ -423,6 +427,17 @@ func (t *trainer) evaluate(step int) (bool, error) {
 	t.report.Best = &e
 	t.report.BestScores = &scores
 	return true, t.writeAdapter(filepath.Join(t.work, "best"))
+}
+
+// EvaluateAdapter scores examples (in dialogue order) with a loaded
+// adapter, each with the context its template takes, and returns the
+// scores and the predicted labels.
+func EvaluateAdapter(a *adapters.Adapter, examples []Example) (evaluate.Scores, []string, error) {
+	if c := a.Manifest.Template.Context; c != nil {
+		examples = WithContexts(examples, c.Messages)
+	}
+	ids, _ := Encode(a.Input, examples)
+	return Evaluate(a.Scorer, a.Manifest.Template.Labels, examples, ids)
 }
 
 // Evaluate scores examples (their tokens in ids) with sc and returns the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -343,4 +344,72 @@ func TestPretrainWritesALoadableModelThatLearns(t *testing.T) {
 	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 1 {
 		t.Errorf("left behind: %v", entries)
 	}
+}
+
+// contextExamples are two-message conversations whose second message,
+// always the same words, takes the first one's emotion: only the context
+// tells its label.
+func contextExamples(n int) []Example {
+	var out []Example
+	for i, e := range toyExamples(n) {
+		conv := fmt.Sprintf("conv%d", i)
+		out = append(out,
+			Example{ID: conv + "a", Text: e.Text, Label: e.Label, Conversation: conv, Role: "customer"},
+			Example{ID: conv + "b", Text: "honestly this is", Label: e.Label, Conversation: conv, Role: "agent"})
+	}
+	return out
+}
+
+func TestWithContextsFollowsEachConversation(t *testing.T) {
+	ex := []Example{{Text: "a1", Conversation: "a"}, {Text: "b1", Conversation: "b", Role: "agent"}, {Text: "a2", Conversation: "a"},
+		{Text: "alone"}, {Text: "a3", Conversation: "a"}, {Text: "b2", Conversation: "b"}}
+	got := WithContexts(ex, 2)
+	want := [][]prompt.Turn{nil, nil, {{Role: "user", Text: "a1"}}, nil, {{Role: "user", Text: "a1"}, {Role: "user", Text: "a2"}}, {{Role: "agent", Text: "b1"}}}
+	for i := range got {
+		if fmt.Sprint(got[i].Context) != fmt.Sprint(want[i]) {
+			t.Errorf("example %d (%s): context %v, want %v", i, ex[i].Text, got[i].Context, want[i])
+		}
+	}
+	if ex[2].Context != nil {
+		t.Error("WithContexts changed its input")
+	}
+	if got := WithContexts(ex, 1)[4].Context; fmt.Sprint(got) != fmt.Sprint([]prompt.Turn{{Role: "user", Text: "a2"}}) {
+		t.Errorf("k=1: %v", got)
+	}
+}
+
+// TestTrainingWithContextLearnsWhatTheMessageAloneCannot: with one
+// previous message in the prompt LoRA solves a task that is at chance
+// without it, and the served adapter scores as training evaluated it.
+func TestTrainingWithContextLearnsWhatTheMessageAloneCannot(t *testing.T) {
+	f := newFixture(t, tensor.Float32)
+	train, dev := contextExamples(60), contextExamples(24)
+	accuracy := map[int]float64{}
+	for _, k := range []int{0, 1} {
+		cfg := f.config(t, adapters.MethodLoRA)
+		cfg.Template, cfg.Epochs = f.tmpl.WithContext(k), 8
+		res, err := Run(t.Context(), cfg, f.base, f.tok, train, dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		accuracy[k] = res.Report.Best.Accuracy
+		a, err := adapters.Load(res.Dir, f.base, f.tok, adapters.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		scores, _, err := EvaluateAdapter(a, dev)
+		a.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(scores.Accuracy-res.Report.Best.Accuracy) > 1e-9 {
+			t.Errorf("k=%d: served accuracy %.4f, training's best %.4f", k, scores.Accuracy, res.Report.Best.Accuracy)
+		}
+	}
+	// Half the dev messages are "honestly this is": alone, at best a third
+	// of them can be right.
+	if accuracy[1] < 0.9 || accuracy[0] > 0.75 {
+		t.Fatalf("dev accuracy with context %.3f (want ≥ 0.9), without %.3f (want ≤ 0.75)", accuracy[1], accuracy[0])
+	}
+	t.Logf("dev accuracy: %.3f without context, %.3f with one previous message", accuracy[0], accuracy[1])
 }
