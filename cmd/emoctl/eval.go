@@ -94,14 +94,24 @@ func runEval(ctx context.Context, args []string, s streams) error {
 	fs.SetOutput(s.err)
 	var rf reportFlags
 	rf.register(fs)
-	run := fs.String("run", "", "run id to evaluate (required)")
+	run := fs.String("run", "", "run id to evaluate (required unless -set)")
+	var off offlineEval
+	fs.StringVar(&off.set, "set", "", "evaluate offline instead of a stored run: this data set's split (messages as load-dataset publishes them), scored in-process by -adapter-dir with the contexts ingest would give them")
+	fs.StringVar(&off.split, "split", "test", "offline: split of -set")
+	fs.StringVar(&off.dataDir, "data-dir", defaultDataDir(), "offline: shared data folder")
+	fs.StringVar(&off.modelDir, "model-dir", "", "offline: base model checkpoint folder")
+	fs.StringVar(&off.tokDir, "tokenizer-dir", "", "offline: tokenizer folder (default: -model-dir)")
+	fs.StringVar(&off.adapterDir, "adapter-dir", "", "offline: adapter folder (with emoflow-adapter.json)")
+	fs.StringVar(&off.dtype, "dtype", "bfloat16", "offline: compute dtype, bfloat16 or float32 (as the classifier serving the run)")
+	fs.StringVar(&off.labelsOut, "labels-out", "", "offline: write every message's id, predicted and true label and context count to this JSON-lines file")
+	fs.IntVar(&off.limit, "limit", 0, "offline: most messages (the first ones, as load-dataset -limit); 0: all")
 	adapter := fs.String("adapter", "", "adapter version of the run's events to evaluate, when the run has several")
 	labelMap := fs.String("labelmap", "", "map the true labels with this label map before scoring: "+strings.Join(labelmaps.Names(), ", ")+", or a JSON file")
 	if err := service.ParseConfig(fs, args, s.lookup); err != nil {
 		return err
 	}
-	if *run == "" {
-		return errors.New("-run is required")
+	if (*run == "") == (off.set == "") {
+		return errors.New("give -run (a stored run) or -set (offline), not both")
 	}
 	if err := rf.check(); err != nil {
 		return err
@@ -112,6 +122,9 @@ func runEval(ctx context.Context, args []string, s streams) error {
 		if m, err = labelmaps.Load(*labelMap); err != nil {
 			return fmt.Errorf("-labelmap: %w", err)
 		}
+	}
+	if off.set != "" {
+		return off.run(s, m, rf.format)
 	}
 	store, err := rf.open(ctx)
 	if err != nil {

@@ -38,7 +38,8 @@ func runTrain(ctx context.Context, args []string, s streams) error {
 	dev := fs.String("dev", "", "dev data for evaluation and early stopping: a data set, a file, or none (default: the data set's dev split; none for files)")
 	dataDir := fs.String("data-dir", defaultDataDir(), "shared data folder of the data sets")
 	labelMap := fs.String("label-map", "auto", "map the data's labels to the template's: a labelmaps name, a JSON file, auto (the set's map to ekman, if any) or none")
-	tmplFile := fs.String("template", "", "prompt template JSON (text with {text}, labels, wrap); default: the built-in Ekman template")
+	tmplFile := fs.String("template", "", "prompt template JSON (text with {text}, labels, wrap, optional {context} and context settings); default: the built-in Ekman template")
+	contextMessages := fs.Int("context-messages", 0, "put this many previous messages of each example's conversation (data sets with dialogues: meld, emorynlp, dailydialog; files: conversation_id and speaker_role fields) into the prompt, before the message line of the template; 0: the template's own setting")
 	fs.StringVar(&cfg.Method, "method", adapters.MethodLoRA, "lora, ptuning-v2 (THUDM) or prefix-tuning (PEFT)")
 	fs.IntVar(&cfg.LoRA.Rank, "lora-r", 8, "LoRA rank")
 	fs.Float64Var(&cfg.LoRA.Alpha, "lora-alpha", 16, "LoRA alpha")
@@ -91,6 +92,15 @@ func runTrain(ctx context.Context, args []string, s streams) error {
 			return err
 		}
 		cfg.Template = t
+	}
+	if *contextMessages != 0 {
+		if cfg.Template.Context != nil {
+			return errors.New("-context-messages: the template already sets its context")
+		}
+		cfg.Template = cfg.Template.WithContext(*contextMessages)
+		if err := cfg.Template.Validate(); err != nil {
+			return fmt.Errorf("-context-messages: %w", err)
+		}
 	}
 	setThreads(*threads)
 	base, tok, err := openBase(*modelDir, *tokDir, *device, *dtype)

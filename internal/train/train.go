@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/emoflow/emoflow/internal/adapters"
+	"github.com/emoflow/emoflow/internal/contract"
 	"github.com/emoflow/emoflow/internal/evaluate"
 	"github.com/emoflow/emoflow/internal/model"
 	"github.com/emoflow/emoflow/internal/prompt"
@@ -429,15 +430,45 @@ func (t *trainer) evaluate(step int) (bool, error) {
 	return true, t.writeAdapter(filepath.Join(t.work, "best"))
 }
 
+// Prediction is an example's predicted label and how many previous
+// messages its prompt held.
+type Prediction struct {
+	ID              string `json:"id"`
+	Label           string `json:"label"`
+	TrueLabel       string `json:"true_label"`
+	ContextMessages int    `json:"context_messages"`
+}
+
 // EvaluateAdapter scores examples (in dialogue order) with a loaded
-// adapter, each with the context its template takes, and returns the
-// scores and the predicted labels.
-func EvaluateAdapter(a *adapters.Adapter, examples []Example) (evaluate.Scores, []string, error) {
+// adapter, each with the context its template takes, as the pipeline
+// would, and returns the scores and each example's prediction.
+func EvaluateAdapter(a *adapters.Adapter, examples []Example) (evaluate.Scores, []Prediction, error) {
 	if c := a.Manifest.Template.Context; c != nil {
 		examples = WithContexts(examples, c.Messages)
 	}
-	ids, _ := Encode(a.Input, examples)
-	return Evaluate(a.Scorer, a.Manifest.Template.Labels, examples, ids)
+	ids := make([][]int64, len(examples))
+	out := make([]Prediction, len(examples))
+	for i, e := range examples {
+		ids[i], out[i].ContextMessages, _ = a.Input.Tokens(e.Context, e.Text)
+		out[i].ID, out[i].TrueLabel = e.ID, e.Label
+	}
+	scores, pred, err := Evaluate(a.Scorer, a.Manifest.Template.Labels, examples, ids)
+	for i := range pred {
+		out[i].Label = pred[i]
+	}
+	return scores, out, err
+}
+
+// FromMessages turns chat messages (in topic order) into examples as
+// ingest sees them: normalised texts, their conversations and roles, the
+// message ids as ids and the ground truth as labels.
+func FromMessages(msgs []contract.ChatMessage) []Example {
+	out := make([]Example, len(msgs))
+	for i, m := range msgs {
+		out[i] = Example{ID: m.ID, Text: contract.NormalizeText(m.Text), Label: m.Label,
+			Conversation: m.Tenant + "\x00" + m.ConversationID, Role: m.SpeakerRole}
+	}
+	return out
 }
 
 // Evaluate scores examples (their tokens in ids) with sc and returns the
