@@ -13,6 +13,8 @@
 //	                              labelling GoEmotions messages (./task bench:engine)
 //	emobench adapters [flags]     mixed unmerged LoRA adapters against one merged, and
 //	                              P-tuning v2 against no adapter (./task bench:adapters)
+//	emobench context [flags]      conversation context in the prompt on MELD and EmoryNLP: quality
+//	                              by k, streamed against offline labels, context cost (./task bench:context)
 //
 // `emobench COMMAND -h` lists a command's flags. Progress goes to stderr,
 // figures to stdout; the last line of stdout holds the ratios as
@@ -29,6 +31,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/emoflow/emoflow/internal/ingest"
+	"github.com/emoflow/emoflow/internal/service"
 )
 
 func main() {
@@ -51,6 +56,12 @@ func main() {
 		err = runEngineBench(ctx, args)
 	case "adapters":
 		err = runAdaptersBench(ctx, args)
+	case "context":
+		err = runContextBench(ctx, log, args)
+	case "ingest-process":
+		// The context benchmark's ingest, a process it can kill -9.
+		os.Args = append(os.Args[:1], args...)
+		os.Exit(service.Main("ingest", &ingest.Component{}, ":0"))
 	case "-h", "-help", "--help", "help":
 		usage()
 		return

@@ -22,7 +22,7 @@ import (
 // streamed run of the same topic must reproduce.
 type offlineEval struct {
 	set, split, dataDir, modelDir, tokDir, adapterDir, labelsOut, dtype string
-	limit                                                              int
+	limit                                                               int
 }
 
 func (o *offlineEval) run(s streams, m *labelmaps.Map, format string) error {
