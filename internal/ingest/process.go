@@ -193,6 +193,10 @@ func (p *processor) classifyAll(ctx context.Context, ws []*work) error {
 	var keys []string
 	var lookups []*work
 	for _, w := range ws {
+		if k := p.catalog.contextMessages(w.target); k > p.cfg.ContextMessages {
+			p.warn.log(p.log, "context-"+w.target.Adapter, "the adapter's template takes more previous messages than -context-messages allows: its messages get fewer than it was trained with",
+				"adapter", w.target.Adapter, "template_context_messages", k, "context_messages", p.cfg.ContextMessages)
+		}
 		w.sent = w.context[max(0, len(w.context)-p.catalog.contextMessages(w.target)):]
 		w.key = cacheKey(p.cfg.RedisKeyPrefix, w.target, w.chat.Text, w.sent)
 		if w.target.cacheable() {
