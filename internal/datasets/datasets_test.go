@@ -1,6 +1,8 @@
 package datasets
 
 import (
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/emoflow/emoflow/internal/testenv"
@@ -43,4 +45,45 @@ func TestReadEverySplit(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDialogueOrder: the sets with dialogues come in dialogue order, each
+// dialogue's utterances together and in order, as conversation contexts
+// (offline and streamed alike) take them.
+func TestDialogueOrder(t *testing.T) {
+	root := testenv.Shared(t, "data")
+	for _, set := range []Set{MELD, EmoryNLP, DailyDialog} {
+		for _, split := range []string{"dev", "test"} {
+			ex, err := Read(root, set, split)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := map[string]bool{}
+			last := map[string]int{}
+			prev := ""
+			for _, e := range ex {
+				if e.Conversation != prev {
+					if done[e.Conversation] {
+						t.Fatalf("%s %s: dialogue %s comes back after others", set, split, e.Conversation)
+					}
+					done[prev] = true
+					prev = e.Conversation
+				}
+				u := utterance(e.ID)
+				if n, ok := last[e.Conversation]; ok && u <= n {
+					t.Fatalf("%s %s: %s after utterance %d of its dialogue", set, split, e.ID, n)
+				}
+				last[e.Conversation] = u
+			}
+			if len(last) < 50 {
+				t.Fatalf("%s %s: only %d dialogues", set, split, len(last))
+			}
+		}
+	}
+}
+
+// utterance is the number after the last "u" of an example id.
+func utterance(id string) int {
+	n, _ := strconv.Atoi(id[strings.LastIndex(id, "u")+1:])
+	return n
 }
