@@ -64,23 +64,27 @@ type processor struct {
 }
 
 // prepare decodes and validates a batch and gives its messages their
-// conversation context. It runs on one goroutine, batch after batch in
-// fetch order, so that contexts follow partition order (see
-// contextWindows); process then runs on many.
+// conversation context, when ingest keeps conversation windows. It runs on
+// one goroutine, batch after batch in fetch order, so that contexts follow
+// partition order (see contextWindows); process then runs on many. Without
+// windows it does nothing, and process decodes, in parallel.
 func (p *processor) prepare(ctx context.Context, ws []*work) {
-	p.decode(ws)
 	if p.windows != nil {
+		p.decode(ws)
 		p.windows.assign(ctx, ws)
 	}
 }
 
-// process handles one prepared batch: resolve adapters, look up
+// process handles one prepared batch: decode (unless prepare did), resolve adapters, look up
 // the cache, classify the misses, publish events and dead letters, and mark
 // every message done once its output is acknowledged. It retries transient
 // failures until ctx ends; then it returns without marking anything done,
 // so that nothing unfinished is committed.
 func (p *processor) process(ctx context.Context, ws []*work) {
 	p.m.batchSize.Observe(float64(len(ws)))
+	if p.windows == nil {
+		p.decode(ws)
+	}
 	var decoded []*work
 	for _, w := range ws {
 		if w.reject == nil {
