@@ -88,17 +88,11 @@ func runContextBench(ctx context.Context, log *slog.Logger, args []string) error
 		c.threads = runtime.NumCPU()
 	}
 	tensor.SetThreads(c.threads)
-	recipe := train.Demo()
-	demoDir := filepath.Join(c.cache, "demo-model", recipe.Key(c.dataDir))
-	log.Info("demo model (built on first use)", "dir", demoDir)
-	if _, err := train.BuildDemo(ctx, recipe, demoDir, c.dataDir, os.Stderr, log); err != nil {
-		return err
-	}
-	baseDir := filepath.Join(demoDir, train.DemoBase)
-	tok, err := tokenizer.Load(baseDir, tokenizer.Options{})
+	recipe, demoDir, tok, err := demoModel(ctx, log, c.cache, c.dataDir)
 	if err != nil {
 		return err
 	}
+	baseDir := filepath.Join(demoDir, train.DemoBase)
 	base, err := model.Load(baseDir, model.Options{DType: tensor.BFloat16})
 	if err != nil {
 		return err

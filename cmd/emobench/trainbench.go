@@ -64,17 +64,11 @@ func runTrainBench(ctx context.Context, log *slog.Logger, args []string) error {
 		c.threads = runtime.NumCPU()
 	}
 	tensor.SetThreads(c.threads)
-	recipe := train.Demo()
-	demoDir := filepath.Join(c.cache, "demo-model", recipe.Key(c.dataDir))
-	log.Info("demo model (built on first use)", "dir", demoDir)
-	if _, err := train.BuildDemo(ctx, recipe, demoDir, c.dataDir, os.Stderr, log); err != nil {
-		return err
-	}
-	baseDir := filepath.Join(demoDir, train.DemoBase)
-	tok, err := tokenizer.Load(baseDir, tokenizer.Options{})
+	recipe, demoDir, tok, err := demoModel(ctx, log, c.cache, c.dataDir)
 	if err != nil {
 		return err
 	}
+	baseDir := filepath.Join(demoDir, train.DemoBase)
 	through, err := c.throughput(ctx, log, baseDir, tok)
 	if err != nil {
 		return err
@@ -87,6 +81,19 @@ func runTrainBench(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	printTrainSummary(c, through, qual)
 	return nil
+}
+
+// demoModel builds the demo model on first use (cached under cache) and
+// returns its recipe, its folder and its base's tokenizer.
+func demoModel(ctx context.Context, log *slog.Logger, cache, dataDir string) (train.DemoRecipe, string, tokenizer.Tokenizer, error) {
+	recipe := train.Demo()
+	dir := filepath.Join(cache, "demo-model", recipe.Key(dataDir))
+	log.Info("demo model (built on first use)", "dir", dir)
+	if _, err := train.BuildDemo(ctx, recipe, dir, dataDir, os.Stderr, log); err != nil {
+		return recipe, dir, nil, err
+	}
+	tok, err := tokenizer.Load(filepath.Join(dir, train.DemoBase), tokenizer.Options{})
+	return recipe, dir, tok, err
 }
 
 // throughputResult is one dtype's tokens/s of both sides, per round.
