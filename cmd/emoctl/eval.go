@@ -110,8 +110,11 @@ func runEval(ctx context.Context, args []string, s streams) error {
 	if err := service.ParseConfig(fs, args, s.lookup); err != nil {
 		return err
 	}
-	if (*run == "") == (off.set == "") {
-		return errors.New("give -run (a stored run) or -set (offline), not both")
+	switch {
+	case *run == "" && off.set == "":
+		return errors.New("-run is required (or -set, for an offline evaluation)")
+	case *run != "" && off.set != "":
+		return errors.New("-run (a stored run) and -set (offline) exclude each other")
 	}
 	if err := rf.check(); err != nil {
 		return err
