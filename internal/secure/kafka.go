@@ -62,7 +62,7 @@ func (k *Kafka) Connect() (*KafkaConn, error) {
 		if k.Username != "" || k.Password.Set() {
 			return nil, errors.New("-kafka-sasl-username or -kafka-sasl-password given without -kafka-sasl-mechanism")
 		}
-		return conn, nil
+		return conn.withTransport(), nil
 	}
 	password, err := k.Password.Get()
 	if err != nil {
@@ -86,15 +86,27 @@ func (k *Kafka) Connect() (*KafkaConn, error) {
 	default:
 		return nil, fmt.Errorf("-kafka-sasl-mechanism %q: want %s or %s", k.Mechanism, SASLPlain, SASLScramSHA512)
 	}
-	return conn, nil
+	return conn.withTransport(), nil
+}
+
+// withTransport makes the transport that every writer and admin client of
+// this connection shares, as kafka-go's default transport is shared: one
+// connection pool and one metadata cache per process (what one client
+// learns about new topics, the others see).
+func (c *KafkaConn) withTransport() *KafkaConn {
+	if c.Secured() {
+		c.transport = &kafka.Transport{Dial: (&net.Dialer{Timeout: 3 * time.Second}).DialContext, TLS: c.tls, SASL: c.mech}
+	}
+	return c
 }
 
 // KafkaConn builds kafka-go's dialers (readers, consumer groups) and
 // transports (writers, admin clients) with the configured TLS and SASL.
 // A nil *KafkaConn builds plain connections.
 type KafkaConn struct {
-	tls  *tls.Config
-	mech sasl.Mechanism
+	tls       *tls.Config
+	mech      sasl.Mechanism
+	transport *kafka.Transport
 }
 
 // Secured reports whether connections use TLS or SASL.
@@ -114,14 +126,14 @@ func (c *KafkaConn) Dialer(timeout time.Duration) *kafka.Dialer {
 	return d
 }
 
-// Transport returns a transport for kafka.Writer and kafka.Client. Each
-// call returns a new transport with its own connection pool.
-func (c *KafkaConn) Transport() *kafka.Transport {
-	t := &kafka.Transport{Dial: (&net.Dialer{Timeout: 3 * time.Second}).DialContext}
-	if c != nil {
-		t.TLS, t.SASL = c.tlsConfig(), c.mech
+// Transport returns the transport for kafka.Writer and kafka.Client:
+// kafka-go's shared default for plain connections, else the connection's
+// own, shared by all its clients.
+func (c *KafkaConn) Transport() kafka.RoundTripper {
+	if c == nil || c.transport == nil {
+		return kafka.DefaultTransport
 	}
-	return t
+	return c.transport
 }
 
 // Client returns an admin client of brokers whose requests time out after
