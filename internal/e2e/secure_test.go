@@ -36,7 +36,8 @@ import (
 // classifier with its token; the sink on SASL_SSL as the PLAIN user and on
 // ClickHouse's secure port as its own user. Every message becomes a row,
 // the cache is written, the classifier counts ingest's calls under its
-// name, and no password or token appears in any log.
+// name, and no password or token appears in any log. Conversation context
+// is on, so the ACL user's commands cover the windows' sorted sets too.
 func TestSecuredPipeline(t *testing.T) {
 	s := testenv.Secure(t)
 	plainRedis := testenv.Redis(t)
@@ -75,6 +76,7 @@ func TestSecuredPipeline(t *testing.T) {
 		"-events-topic="+events, "-dead-letter-topic="+dlq, "-group-id="+name+"_ingest", "-topic-partitions=2",
 		"-redis-addr="+s.RedisAddr, "-redis-tls-ca-file="+s.CAFile, "-redis-username="+s.RedisUser,
 		"-redis-password-file="+s.RedisPasswordFile, "-redis-key-prefix="+keyPrefix,
+		"-context-messages=2", "-context-key-prefix="+keyPrefix+"ctx:",
 		"-classifier-urls=https://"+cls.RT.Addr, "-classifier-tls-ca-file="+s.CAFile, "-classifier-token-file="+ingestTokenFile)...)
 
 	// Produce over SASL_SSL as the SCRAM user.
@@ -136,6 +138,13 @@ func TestSecuredPipeline(t *testing.T) {
 	keys, err := rdb.Keys(ctx, keyPrefix+"*").Result()
 	if err != nil || len(keys) == 0 {
 		t.Errorf("no cache keys under %s: %v", keyPrefix, err)
+	}
+	windows, err := rdb.Keys(ctx, keyPrefix+"ctx:*").Result()
+	if err != nil || len(windows) == 0 {
+		t.Errorf("no conversation windows under %sctx: (%v): the ACL user lacks their commands?", keyPrefix, err)
+	}
+	if got := ing.Logs(); strings.Contains(got, "NOPERM") {
+		t.Errorf("Redis refused a command of the ACL user:\n%s", got)
 	}
 
 	// The classifier counts ingest's calls under its name.
