@@ -93,12 +93,13 @@ func TestSecuredEmoctlClients(t *testing.T) {
 	out := &testenv.LogBuffer{}
 	st := streams{out: out, err: out, lookup: noEnv}
 	const n = 40
+	runID := "secured-" + hex.EncodeToString(b[:4]) // a replay's plan outlives the test
 	if err := runLoadDataset(ctx, append(kafkaFlags, "-topic", input, "-set", "meld", "-split", "test", "-data", data,
 		"-limit", "40", "-topic-partitions", "2"), st); err != nil {
 		t.Fatalf("load-dataset over SASL_SSL: %v\n%s", err, out)
 	}
 	if err := runReplay(ctx, append(append(append([]string{}, kafkaFlags...), classifierFlags...),
-		"-input-topic", input, "-run-id", "secured-1", "-adapter", ads.Default, "-progress-interval", "200ms",
+		"-input-topic", input, "-run-id", runID, "-adapter", ads.Default, "-progress-interval", "200ms",
 		"--", "-events-topic="+events, "-dead-letter-topic="+name+"_dlq", "-redis-addr=", "-topic-partitions=2",
 		"-commit-interval=200ms"), st); err != nil {
 		t.Fatalf("replay over SASL_SSL and HTTPS: %v\n%s", err, out)

@@ -91,8 +91,8 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AdaptersPoll, "adapters-poll", 10*time.Second, "how often -adapters-dir is checked for new, changed and removed adapters")
 	fs.StringVar(&c.DefaultAdapter, "default-adapter", "", "adapter (id or id@version) of requests that name none; empty: the base model with -prompt")
 	fs.BoolVar(&c.Unmerged, "unmerged", false, "serve LoRA adapters unmerged even when their manifest asks to merge (a worker that mixes many adapters)")
-	c.AdminToken.Register(fs, "admin-token", "bearer token of the /v1/admin endpoints (at least 16 characters); without one they answer loopback clients only, and the classifier refuses to listen on a non-loopback address")
-	fs.BoolVar(&c.AdminAPI, "admin-api", true, "serve the /v1/admin endpoints (load, unload, default adapter)")
+	c.AdminToken.Register(fs, "admin-token", "bearer token of the /v1/admin endpoints, at least 16 characters")
+	fs.BoolVar(&c.AdminAPI, "admin-api", true, "serve the /v1/admin endpoints (load, unload, default adapter); without an admin token they answer loopback clients only, and the classifier refuses to start on a non-loopback -http-addr")
 	fs.StringVar(&c.TokensFile, "tokens-file", "", "file of the API clients' bearer tokens, one \"client-name token\" or \"client-name sha256:<hex>\" a line; when set, /v1/classify and /v1/adapters need one (401 otherwise) and the metrics name the client; empty: open")
 }
 
