@@ -36,13 +36,19 @@ func kafkaConn(t *testing.T, args ...string) *secure.KafkaConn {
 func TestKafkaSASLSSL(t *testing.T) {
 	s := testenv.Secure(t)
 	brokers := strings.Split(s.KafkaBrokers, ",")
-	for _, tc := range []struct{ mechanism, user, passwordFile string }{
-		{secure.SASLScramSHA512, s.ScramUser, s.ScramPasswordFile},
-		{secure.SASLPlain, s.PlainUser, s.PlainPasswordFile},
+	for _, tc := range []struct {
+		name, mechanism, user, passwordFile string
+		extra                               []string
+	}{
+		{"scram-sha-512", secure.SASLScramSHA512, s.ScramUser, s.ScramPasswordFile, nil},
+		{"plain", secure.SASLPlain, s.PlainUser, s.PlainPasswordFile, nil},
+		// The listener checks a client certificate when one is offered.
+		{"scram-sha-512-mutual-tls", secure.SASLScramSHA512, s.ScramUser, s.ScramPasswordFile,
+			[]string{"-kafka-tls-cert-file=" + s.ClientCertFile, "-kafka-tls-key-file=" + s.ClientKeyFile}},
 	} {
-		t.Run(tc.mechanism, func(t *testing.T) {
-			conn := kafkaConn(t, "-kafka-tls-ca-file="+s.CAFile, "-kafka-sasl-mechanism="+tc.mechanism,
-				"-kafka-sasl-username="+tc.user, "-kafka-sasl-password-file="+tc.passwordFile)
+		t.Run(tc.name, func(t *testing.T) {
+			conn := kafkaConn(t, append([]string{"-kafka-tls-ca-file=" + s.CAFile, "-kafka-sasl-mechanism=" + tc.mechanism,
+				"-kafka-sasl-username=" + tc.user, "-kafka-sasl-password-file=" + tc.passwordFile}, tc.extra...)...)
 			topic := testenv.Name(t, "sasl")
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
