@@ -9,4 +9,6 @@ import (
 	"github.com/emoflow/emoflow/internal/service"
 )
 
-func main() { os.Exit(service.Main("classifier", &classifier.Component{}, ":8080")) }
+// The API listens on loopback unless -http-addr says otherwise: the admin
+// endpoints must never be reachable from the network without a token.
+func main() { os.Exit(service.Main("classifier", &classifier.Component{}, "127.0.0.1:8080")) }

@@ -337,7 +337,7 @@ func (c contextBenchConfig) streamVsOffline(ctx context.Context, log *slog.Logge
 	if err != nil {
 		return 0, fmt.Errorf("create topic %s: %w", events, err)
 	}
-	if err := replay.Publish(ctx, strings.Split(c.brokers, ","), input, replay.TopicOptions{Partitions: c.partitions, ReplicationFactor: 1}, msgs); err != nil {
+	if err := replay.Publish(ctx, strings.Split(c.brokers, ","), nil, input, replay.TopicOptions{Partitions: c.partitions, ReplicationFactor: 1}, msgs); err != nil {
 		return 0, err
 	}
 	self, err := os.Executable()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/emoflow/emoflow/internal/evaluate"
+	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
 	"github.com/emoflow/emoflow/labelmaps"
 )
@@ -24,16 +25,16 @@ func compareCommand(ctx context.Context, args []string) error {
 // reportFlags are the flags eval and compare share: where the sink's
 // tables are and how to report.
 type reportFlags struct {
-	addrs, database, user, password string
-	timeout                         time.Duration
-	format, html                    string
+	addrs, database string
+	clickhouse      secure.ClickHouse
+	timeout         time.Duration
+	format, html    string
 }
 
 func (r *reportFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.addrs, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol addresses, comma-separated")
 	fs.StringVar(&r.database, "clickhouse-database", "emoflow", "the sink's ClickHouse database")
-	fs.StringVar(&r.user, "clickhouse-user", "default", "ClickHouse user")
-	fs.StringVar(&r.password, "clickhouse-password", "", "ClickHouse password (prefer the environment variable to the flag)")
+	r.clickhouse.Register(fs)
 	fs.DurationVar(&r.timeout, "timeout", time.Minute, "bound on connecting and on each query")
 	fs.StringVar(&r.format, "format", "table", "output on standard output: table or json")
 	fs.StringVar(&r.html, "html", "", "also write a self-contained HTML report to this file")
@@ -50,8 +51,12 @@ func (r *reportFlags) check() error {
 }
 
 func (r *reportFlags) open(ctx context.Context) (*evaluate.Store, error) {
+	user, password, tlsCfg, err := r.clickhouse.Credentials()
+	if err != nil {
+		return nil, err
+	}
 	return evaluate.OpenStore(ctx, evaluate.StoreOptions{Addrs: splitList(r.addrs), Database: r.database,
-		User: r.user, Password: r.password, Timeout: r.timeout})
+		User: user, Password: password, TLS: tlsCfg, Timeout: r.timeout})
 }
 
 // report is what eval and compare print.

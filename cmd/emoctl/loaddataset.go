@@ -12,6 +12,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/datasets"
 	"github.com/emoflow/emoflow/internal/replay"
+	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
 	"github.com/emoflow/emoflow/labelmaps"
 )
@@ -30,6 +31,8 @@ func runLoadDataset(ctx context.Context, args []string, s streams) error {
 		setNames = append(setNames, string(set))
 	}
 	brokers := fs.String("kafka-brokers", "127.0.0.1:19092", "Kafka bootstrap brokers, comma-separated")
+	var kafkaSec secure.Kafka
+	kafkaSec.Register(fs)
 	topic := fs.String("topic", "", "topic to publish to, created when missing (required; keep data sets apart from live traffic)")
 	set := fs.String("set", "", "data set: "+strings.Join(setNames, ", ")+" (required)")
 	split := fs.String("split", "test", "split: train, dev or test")
@@ -91,7 +94,11 @@ func runLoadDataset(ctx context.Context, args []string, s streams) error {
 	}
 	pctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	if err := replay.Publish(pctx, brokerList, *topic, replay.TopicOptions{Partitions: *partitions, ReplicationFactor: *replication}, msgs); err != nil {
+	kconn, err := kafkaSec.Connect()
+	if err != nil {
+		return err
+	}
+	if err := replay.Publish(pctx, brokerList, kconn, *topic, replay.TopicOptions{Partitions: *partitions, ReplicationFactor: *replication}, msgs); err != nil {
 		return err
 	}
 	var counts []string

@@ -14,6 +14,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/contract"
 	"github.com/emoflow/emoflow/internal/datasets"
+	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
 )
 
@@ -23,6 +24,8 @@ import (
 func produce(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("produce", flag.ContinueOnError)
 	brokers := fs.String("kafka-brokers", "127.0.0.1:19092", "Kafka bootstrap brokers, comma-separated")
+	var kafkaSec secure.Kafka
+	kafkaSec.Register(fs)
 	topic := fs.String("input-topic", "chat.messages", "topic of the chat messages")
 	data := fs.String("data", defaultDataDir(), "shared data folder (a built-in sample when absent)")
 	n := fs.Int("n", 1000, "messages to send (the texts repeat when there are fewer)")
@@ -34,9 +37,13 @@ func produce(ctx context.Context, args []string) error {
 	if *n <= 0 {
 		return errors.New("-n must be positive")
 	}
+	kconn, err := kafkaSec.Connect()
+	if err != nil {
+		return err
+	}
 	msgs := demoMessages(*data)
 	w := &kafka.Writer{
-		Addr: kafka.TCP(strings.Split(*brokers, ",")...), Topic: *topic,
+		Addr: kafka.TCP(strings.Split(*brokers, ",")...), Topic: *topic, Transport: kconn.Transport(),
 		Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
 		BatchSize: 500, BatchTimeout: 5 * time.Millisecond, Compression: kafka.Lz4,
 	}

@@ -11,10 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/emoflow/emoflow/internal/ingest"
 	"github.com/emoflow/emoflow/internal/replay"
+	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
 )
 
@@ -44,6 +43,12 @@ func runReplay(ctx context.Context, args []string, s streams) error {
 	fs.SetOutput(s.err)
 	brokers := fs.String("kafka-brokers", "127.0.0.1:19092", "Kafka bootstrap brokers, comma-separated")
 	classifiers := fs.String("classifier-urls", "http://127.0.0.1:8080", "base URLs of the classifier workers, comma-separated")
+	// The connections' security: used by the replay itself and passed on
+	// to its ingest.
+	var kafkaSec secure.Kafka
+	kafkaSec.Register(fs)
+	var classifierSec secure.ClassifierClient
+	classifierSec.Register(fs)
 	topic := fs.String("input-topic", "chat.messages", "topic to replay")
 	runID := fs.String("run-id", "", "the run's id, written into every event (required; the same id resumes the run)")
 	adapter := fs.String("adapter", "", "adapter version to classify every message with, id@version (required)")
@@ -109,16 +114,23 @@ func runReplay(ctx context.Context, args []string, s streams) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	kconn, err := kafkaSec.Connect()
+	if err != nil {
+		return err
+	}
+	// The replay's security flags go to its ingest first, so that flags
+	// after -- can still override them.
+	ingestArgs = append(append(kafkaSec.Args(), classifierSec.Args()...), ingestArgs...)
 	opts := replay.RunOptions{Brokers: brokerList, ClassifierURLs: classifierList, HTTPAddr: *httpAddr,
 		IngestArgs: ingestArgs, Lookup: s.lookup, Log: s.err, ProgressEvery: *every}
 	if _, err := replay.IngestArgs(opts); err != nil {
 		return err
 	}
 
-	if err := replay.CheckAdapterServed(ctx, classifierList, *adapter); err != nil {
+	if err := replay.CheckAdapterServed(ctx, classifierList, &classifierSec, *adapter); err != nil {
 		return err
 	}
-	opts.Admin = &kafka.Client{Addr: kafka.TCP(brokerList...), Timeout: 30 * time.Second}
+	opts.Admin = kconn.Client(brokerList, 30*time.Second)
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	plan, err := replay.Prepare(pctx, opts.Admin, req)
 	cancel()

@@ -12,7 +12,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -26,6 +25,7 @@ import (
 	"github.com/emoflow/emoflow/internal/classifyapi"
 	"github.com/emoflow/emoflow/internal/model"
 	"github.com/emoflow/emoflow/internal/prompt"
+	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
 	"github.com/emoflow/emoflow/internal/tensor"
 	"github.com/emoflow/emoflow/internal/tokenizer"
@@ -56,7 +56,9 @@ type Component struct {
 	AdaptersPoll   time.Duration
 	DefaultAdapter string
 	Unmerged       bool
-	AdminToken     string
+	AdminToken     secure.Secret
+	AdminAPI       bool
+	TokensFile     string
 }
 
 // RegisterFlags declares the classifier's configuration.
@@ -89,7 +91,9 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AdaptersPoll, "adapters-poll", 10*time.Second, "how often -adapters-dir is checked for new, changed and removed adapters")
 	fs.StringVar(&c.DefaultAdapter, "default-adapter", "", "adapter (id or id@version) of requests that name none; empty: the base model with -prompt")
 	fs.BoolVar(&c.Unmerged, "unmerged", false, "serve LoRA adapters unmerged even when their manifest asks to merge (a worker that mixes many adapters)")
-	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token of the /v1/admin endpoints; empty: they answer loopback clients only")
+	c.AdminToken.Register(fs, "admin-token", "bearer token of the /v1/admin endpoints, at least 16 characters")
+	fs.BoolVar(&c.AdminAPI, "admin-api", true, "serve the /v1/admin endpoints (load, unload, default adapter); without an admin token they answer loopback clients only, and the classifier refuses to start on a non-loopback -http-addr")
+	fs.StringVar(&c.TokensFile, "tokens-file", "", "file of the API clients' bearer tokens, one \"client-name token\" or \"client-name sha256:<hex>\" a line; when set, /v1/classify and /v1/adapters need one (401 otherwise) and the metrics name the client; empty: open")
 }
 
 func (c *Component) validate() error {
@@ -115,6 +119,10 @@ func (c *Component) validate() error {
 // Run loads the model, serves until ctx ends, then drains the queue.
 func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	if err := c.validate(); err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	acc, err := newAccess(c, rt.Addr, rt.Metrics)
+	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
 	dev, err := tensor.ParseDevice(c.Device)
@@ -197,11 +205,11 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	b.Start(workCtx)
 
 	srv := &server{cfg: c, eng: eng, batcher: b, met: met}
-	rt.Mux.HandleFunc("POST /v1/classify", srv.classify)
-	rt.Mux.HandleFunc("GET /v1/adapters", srv.adapters)
-	rt.Mux.HandleFunc("POST /v1/admin/adapters", srv.admin(srv.loadAdapter))
-	rt.Mux.HandleFunc("DELETE /v1/admin/adapters/{ref}", srv.admin(srv.unloadAdapter))
-	rt.Mux.HandleFunc("PUT /v1/admin/default", srv.admin(srv.setDefault))
+	rt.Mux.HandleFunc("POST /v1/classify", acc.client("classify", srv.classify))
+	rt.Mux.HandleFunc("GET /v1/adapters", acc.client("adapters", srv.adapters))
+	rt.Mux.HandleFunc("POST /v1/admin/adapters", acc.admin("admin_load", srv.loadAdapter))
+	rt.Mux.HandleFunc("DELETE /v1/admin/adapters/{ref}", acc.admin("admin_unload", srv.unloadAdapter))
+	rt.Mux.HandleFunc("PUT /v1/admin/default", acc.admin("admin_default", srv.setDefault))
 	rt.SetReady()
 	rt.Logger.Info("ready", "addr", rt.Addr)
 
@@ -513,23 +521,6 @@ func firstError(errs []error) error {
 		}
 	}
 	return worst
-}
-
-// admin guards an admin endpoint: the bearer token when one is configured,
-// otherwise loopback clients only.
-func (s *server) admin(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.AdminToken != "" {
-			if r.Header.Get("Authorization") != "Bearer "+s.cfg.AdminToken {
-				writeError(w, http.StatusUnauthorized, classifyapi.CodeBadRequest, "admin endpoints need Authorization: Bearer <-admin-token>")
-				return
-			}
-		} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err != nil || !net.ParseIP(host).IsLoopback() {
-			writeError(w, http.StatusForbidden, classifyapi.CodeBadRequest, "admin endpoints answer loopback clients only unless -admin-token is set")
-			return
-		}
-		next(w, r)
-	}
 }
 
 // decodeBody decodes an admin request body: one JSON value of at most 64

@@ -142,6 +142,8 @@ const (
 	CodeDeadline       = "deadline"        // 504: deadline passed before the work was done
 	CodeUnavailable    = "unavailable"     // 503: not ready or shutting down
 	CodeInternal       = "internal"        // 500: a bug or a failed computation
+	CodeUnauthorized   = "unauthorized"    // 401: no bearer token, or not one the server knows
+	CodeForbidden      = "forbidden"       // 403: the token (or the client's address) may not use this endpoint
 )
 
 // ParseAdapterRef splits "id" or "id@version"; version is empty for "id".

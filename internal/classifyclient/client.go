@@ -10,6 +10,7 @@ package classifyclient
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,6 +54,12 @@ type Config struct {
 	// HTTPClient sends the requests; nil means a client with keep-alive
 	// connections sized for concurrent calls.
 	HTTPClient *http.Client
+	// TLS is the TLS configuration of the default HTTP client (https
+	// endpoints); nil: Go's defaults (the system's roots).
+	TLS *tls.Config
+	// Token, when set, is sent as "Authorization: Bearer <Token>" (the
+	// classifier's -tokens-file).
+	Token string
 	// OnAttempt, when set, is called after every HTTP attempt, for metrics.
 	// It must not block.
 	OnAttempt func(Attempt)
@@ -111,6 +118,9 @@ func New(cfg Config) (*Client, error) {
 		// Many batches run at once; the default of 2 idle connections per
 		// host would open and close connections all the time.
 		tr.MaxIdleConnsPerHost = 64
+		if cfg.TLS != nil {
+			tr.TLSClientConfig = cfg.TLS
+		}
 		c.http = &http.Client{Transport: tr}
 	}
 	for _, raw := range cfg.Endpoints {
@@ -327,6 +337,9 @@ func (c *Client) attempt(ctx context.Context, op string, ep *endpoint, method, p
 		return fmt.Errorf("build request: %w", err)
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -140,6 +140,10 @@ func TestRetriesOnlyRetryableErrors(t *testing.T) {
 		{"bad gateway is retried", 502, "", 3, true},
 		{"unavailable is retried", 503, classifyapi.CodeUnavailable, 3, true},
 		{"server deadline is retried while time is left", 504, classifyapi.CodeDeadline, 3, true},
+		// A refused token is the client's configuration: retried (ingest
+		// keeps the messages) rather than failing them.
+		{"unauthorized is retried", 401, classifyapi.CodeUnauthorized, 3, true},
+		{"forbidden is retried", 403, classifyapi.CodeForbidden, 3, true},
 		{"bad request is not retried", 400, classifyapi.CodeBadRequest, 1, false},
 		{"unknown adapter is not retried", 404, classifyapi.CodeUnknownAdapter, 1, false},
 		{"too large is not retried", 413, classifyapi.CodeTooLarge, 1, false},
@@ -178,6 +182,26 @@ func TestRetriesOnlyRetryableErrors(t *testing.T) {
 				t.Fatalf("got %+v (retryable %v), want status %d code %s, not retryable", apiErr, IsRetryable(err), tc.status, tc.code)
 			}
 		})
+	}
+}
+
+func TestSendsTheBearerToken(t *testing.T) {
+	f := newFake(t, func(_ int, w http.ResponseWriter, r *http.Request) bool {
+		if r.Header.Get("Authorization") != "Bearer token-of-this-client-42" {
+			writeError(w, 401, classifyapi.CodeUnauthorized)
+			return true
+		}
+		return false
+	})
+	cfg := testConfig(f.URL)
+	cfg.Token = "token-of-this-client-42"
+	if _, err := newClient(t, cfg).Classify(context.Background(), request("x")); err != nil {
+		t.Fatalf("with the token: %v", err)
+	}
+	cfg.Token, cfg.MaxAttempts = "", 1
+	var apiErr *APIError
+	if _, err := newClient(t, cfg).Classify(context.Background(), request("x")); !errors.As(err, &apiErr) || apiErr.Status != 401 {
+		t.Fatalf("without the token: %v, want 401", err)
 	}
 }
 

@@ -35,11 +35,13 @@ func (e *APIError) Error() string {
 
 // Retryable reports whether the same request may succeed if sent again:
 // overload (429), server failures (500, 502, 503) and a server-side
-// deadline (504, retried only while the caller's context has time left).
-// Client errors (other 4xx) are never retried.
+// deadline (504, retried only while the caller's context has time left),
+// and a refused token (401, 403): that is the client's configuration, not
+// the request, and retrying keeps the messages until it is fixed rather
+// than rejecting them. Other client errors (4xx) are never retried.
 func (e *APIError) Retryable() bool {
 	switch e.Status {
-	case http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway,
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway,
 		http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return true
 	}

@@ -31,7 +31,7 @@ func Render() string {
 	var b bytes.Buffer
 	for _, bin := range []binary{
 		{"ingest", ":9101", "consumes chat messages, classifies them (cache, classifier) and publishes emotion events", &ingest.Component{}},
-		{"classifier", ":8080", "serves the model over HTTP with dynamic batching", &classifier.Component{}},
+		{"classifier", "127.0.0.1:8080", "serves the model over HTTP with dynamic batching", &classifier.Component{}},
 		{"sink", ":9102", "stores emotion events in ClickHouse", &sink.Component{}},
 	} {
 		var opts service.Options

@@ -2,6 +2,7 @@ package evaluate
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"regexp"
@@ -20,6 +21,8 @@ type StoreOptions struct {
 	Database string
 	User     string
 	Password string
+	// TLS, when set, connects over TLS (the server's secure native port).
+	TLS *tls.Config
 	// Timeout bounds dialing and every query.
 	Timeout time.Duration
 }
@@ -54,6 +57,7 @@ func OpenStore(ctx context.Context, o StoreOptions) (*Store, error) {
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Addr:        o.Addrs,
 		Auth:        clickhouse.Auth{Username: o.User, Password: o.Password},
+		TLS:         o.TLS,
 		DialTimeout: o.Timeout,
 		ReadTimeout: o.Timeout,
 	})

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/emoflow/emoflow/internal/classifyapi"
+	"github.com/emoflow/emoflow/internal/secure"
 )
 
 // classification is the result for one text, as published in events and
@@ -67,8 +68,10 @@ type resultCache struct {
 	retryAt time.Time
 }
 
-func newResultCache(addr string, ttl, timeout time.Duration, log *slog.Logger, m *metrics) *resultCache {
-	rdb := redis.NewClient(&redis.Options{
+// openResultCache returns a cache on the Redis at addr, reached with sec's
+// TLS and user.
+func openResultCache(addr string, sec *secure.Redis, ttl, timeout time.Duration, log *slog.Logger, m *metrics) (*resultCache, error) {
+	opts := &redis.Options{
 		Addr:         addr,
 		DialTimeout:  timeout,
 		ReadTimeout:  timeout,
@@ -80,9 +83,13 @@ func newResultCache(addr string, ttl, timeout time.Duration, log *slog.Logger, m
 		PoolTimeout: timeout,
 		// Redis 7 does not know the maintenance-notification handshake.
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-	})
+	}
+	if err := sec.Apply(opts); err != nil {
+		return nil, err
+	}
+	rdb := redis.NewClient(opts)
 	m.redisUp.Set(1)
-	return &resultCache{rdb: rdb, ttl: ttl, timeout: timeout, probeEvery: time.Second, log: log, m: m, up: true}
+	return &resultCache{rdb: rdb, ttl: ttl, timeout: timeout, probeEvery: time.Second, log: log, m: m, up: true}, nil
 }
 
 func (c *resultCache) close() error {

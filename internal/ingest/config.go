@@ -10,6 +10,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/classifyapi"
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/secure"
 )
 
 // Config is ingest's configuration; every field is a flag (see
@@ -90,6 +91,13 @@ type Config struct {
 	// ContextLocalConversations bounds the in-memory windows (least
 	// recently used conversations are dropped first).
 	ContextLocalConversations int
+	// Kafka, Redis and Classifier are the connections' TLS and
+	// credentials (internal/secure).
+	Kafka      secure.Kafka
+	Redis      secure.Redis
+	Classifier secure.ClassifierClient
+	// kafka builds the Kafka connections; set by Run from Kafka.
+	kafka *secure.KafkaConn
 }
 
 // flagValues holds the flags that are parsed into Config by validate.
@@ -145,6 +153,9 @@ func (c *Config) registerFlags(fs *flag.FlagSet, raw *flagValues) {
 	fs.DurationVar(&c.ContextTTL, "context-ttl", 24*time.Hour, "how long an idle conversation's window is kept in Redis")
 	fs.StringVar(&c.ContextKeyPrefix, "context-key-prefix", "emoflow:ctx:", "prefix of the conversation windows' Redis keys (followed by topic:partition:tenant:conversation)")
 	fs.IntVar(&c.ContextLocalConversations, "context-local-conversations", 100000, "conversation windows kept in memory, used while Redis is unavailable")
+	c.Kafka.Register(fs)
+	c.Redis.Register(fs)
+	c.Classifier.Register(fs)
 }
 
 // validate fills the list fields from raw and checks the configuration.

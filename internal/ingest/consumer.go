@@ -59,6 +59,7 @@ func (c *consumer) run(ctx context.Context) error {
 		JoinGroupBackoff:      2 * time.Second,
 		WatchPartitionChanges: true,
 		ErrorLogger:           kafkaLogger(c.log, "kafka consumer group"),
+		Dialer:                c.cfg.kafka.Dialer(0),
 	})
 	if err != nil {
 		return fmt.Errorf("consumer group %s: %w", c.cfg.GroupID, err)
@@ -255,6 +256,7 @@ func (g *generation) fetch(ctx context.Context, pa kafka.PartitionAssignment) {
 		MaxWait:       250 * time.Millisecond,
 		QueueCapacity: min(100, c.cfg.MaxInFlight),
 		ErrorLogger:   kafkaLogger(c.log, "kafka reader"),
+		Dialer:        c.cfg.kafka.Dialer(0),
 	})
 	defer r.Close()
 	if err := r.SetOffset(pa.Offset); err != nil {

@@ -67,15 +67,26 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	m := newMetrics(rt.Metrics)
 	warn := newLogLimiter(10 * time.Second)
 
+	kconn, err := cfg.Kafka.Connect()
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	cfg.kafka = kconn
+	clsTLS, clsToken, err := cfg.Classifier.Settings()
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
 	client, err := classifyclient.New(classifyclient.Config{
 		Endpoints:   cfg.ClassifierURLs,
 		MaxAttempts: cfg.ClassifyAttempts,
 		OnAttempt:   m.observeAttempt,
+		TLS:         clsTLS,
+		Token:       clsToken,
 	})
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
-	admin := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second}
+	admin := kconn.Client(cfg.Brokers, 10*time.Second)
 	if cfg.CreateTopics {
 		if err := retryUntil(ctx, log, "create topics", func() error { return ensureTopics(ctx, admin, &cfg) }); err != nil {
 			return nil // ctx ended during start-up: nothing to finish
@@ -101,7 +112,9 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 
 	var cache *resultCache
 	if cfg.RedisAddr != "" {
-		cache = newResultCache(cfg.RedisAddr, cfg.CacheTTL, cfg.RedisTimeout, log, m)
+		if cache, err = openResultCache(cfg.RedisAddr, &cfg.Redis, cfg.CacheTTL, cfg.RedisTimeout, log, m); err != nil {
+			return &service.ConfigError{Err: err}
+		}
 		defer cache.close()
 	} else {
 		log.Info("no -redis-addr: running without the result cache")

@@ -22,7 +22,8 @@ type publisher struct {
 func newPublisher(cfg *Config, log *slog.Logger, warn *logLimiter, m *metrics) *publisher {
 	return &publisher{
 		w: &kafka.Writer{
-			Addr: kafka.TCP(cfg.Brokers...),
+			Addr:      kafka.TCP(cfg.Brokers...),
+			Transport: cfg.kafka.Transport(),
 			// The Java clients' partitioner, so that events of a
 			// conversation land where other producers would put them.
 			Balancer:     &kafka.Murmur2Balancer{},

@@ -11,6 +11,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/contract"
 	"github.com/emoflow/emoflow/internal/datasets"
+	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/labelmaps"
 )
 
@@ -111,8 +112,9 @@ type TopicOptions struct {
 
 // Publish writes msgs to topic (key: the conversation id), creating the
 // topic when it does not exist, and returns once all are acknowledged.
-func Publish(ctx context.Context, brokers []string, topic string, t TopicOptions, msgs []contract.ChatMessage) error {
-	admin := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 30 * time.Second}
+// conn carries the brokers' TLS and SASL (nil: plain).
+func Publish(ctx context.Context, brokers []string, conn *secure.KafkaConn, topic string, t TopicOptions, msgs []contract.ChatMessage) error {
+	admin := conn.Client(brokers, 30*time.Second)
 	resp, err := admin.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{
 		{Topic: topic, NumPartitions: t.Partitions, ReplicationFactor: t.ReplicationFactor}}})
 	if err != nil {
@@ -122,7 +124,7 @@ func Publish(ctx context.Context, brokers []string, topic string, t TopicOptions
 		return fmt.Errorf("create topic %s: %w", topic, err)
 	}
 	w := &kafka.Writer{
-		Addr: kafka.TCP(brokers...), Topic: topic,
+		Addr: kafka.TCP(brokers...), Topic: topic, Transport: conn.Transport(),
 		// As ingest's: a conversation lands where other producers put it.
 		Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll,
 		BatchSize: 1000, BatchTimeout: 5 * time.Millisecond, Compression: kafka.Lz4,

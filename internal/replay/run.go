@@ -14,6 +14,7 @@ import (
 	"github.com/emoflow/emoflow/internal/classifyapi"
 	"github.com/emoflow/emoflow/internal/classifyclient"
 	"github.com/emoflow/emoflow/internal/ingest"
+	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
 )
 
@@ -83,9 +84,14 @@ func IngestArgs(o RunOptions) ([]string, error) {
 
 // CheckAdapterServed returns an error unless a classifier at urls serves
 // the exact adapter version ref: otherwise every message of the run would
-// be dead-lettered as naming an unknown adapter.
-func CheckAdapterServed(ctx context.Context, urls []string, ref string) error {
-	client, err := classifyclient.New(classifyclient.Config{Endpoints: urls, MaxAttempts: 2})
+// be dead-lettered as naming an unknown adapter. sec is how the classifier
+// is reached (TLS, token).
+func CheckAdapterServed(ctx context.Context, urls []string, sec *secure.ClassifierClient, ref string) error {
+	tlsCfg, token, err := sec.Settings()
+	if err != nil {
+		return err
+	}
+	client, err := classifyclient.New(classifyclient.Config{Endpoints: urls, MaxAttempts: 2, TLS: tlsCfg, Token: token})
 	if err != nil {
 		return fmt.Errorf("classifier client: %w", err)
 	}

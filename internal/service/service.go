@@ -14,6 +14,7 @@ package service
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,6 +32,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/emoflow/emoflow/internal/secure"
 )
 
 // Component is one binary's work.
@@ -54,6 +57,8 @@ type Runtime struct {
 	Mux *http.ServeMux
 	// Addr is the address the HTTP server listens on (useful with port 0).
 	Addr string
+	// TLS is true when the HTTP server serves HTTPS (-tls-cert-file).
+	TLS bool
 
 	mu       sync.Mutex
 	notReady string
@@ -83,6 +88,7 @@ type Options struct {
 	LogLevel        string
 	LogFormat       string
 	ShutdownTimeout time.Duration
+	TLS             secure.TLSServer
 }
 
 // RegisterFlags declares the shared settings on fs.
@@ -91,6 +97,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet, defaultHTTPAddr string) {
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.LogFormat, "log-format", "json", "log format: json or text")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to wait for in-flight work after SIGTERM before exiting anyway")
+	o.TLS.Register(fs, "the HTTP server")
 }
 
 // NewLogger builds the slog logger the options describe.
@@ -183,16 +190,24 @@ func Run(ctx context.Context, name string, c Component, defaultHTTPAddr string, 
 	})
 	rt.Mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 
+	tlsCfg, err := opts.TLS.Config()
+	if err != nil {
+		return &ConfigError{err}
+	}
 	ln, err := net.Listen("tcp", opts.HTTPAddr)
 	if err != nil {
 		logger.Error("cannot listen", "addr", opts.HTTPAddr, "err", err)
 		return fmt.Errorf("listen on %s: %w", opts.HTTPAddr, err)
 	}
 	rt.Addr = ln.Addr().String()
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+		rt.TLS = true
+	}
 	srv := &http.Server{Handler: rt.Mux, ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	logger.Info("started", "http_addr", rt.Addr)
+	logger.Info("started", "http_addr", rt.Addr, "tls", rt.TLS)
 	if started != nil {
 		started(rt)
 	}

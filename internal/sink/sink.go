@@ -21,6 +21,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
 )
 
@@ -42,8 +43,10 @@ type config struct {
 
 	ClickHouseAddr     string
 	ClickHouseDatabase string
-	ClickHouseUser     string
-	ClickHousePassword string
+	// ClickHouse is the user, password and TLS; Kafka the brokers' TLS and
+	// SASL (internal/secure).
+	ClickHouse secure.ClickHouse
+	Kafka      secure.Kafka
 
 	BatchSize      int
 	FlushInterval  time.Duration
@@ -70,8 +73,8 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.cfg.KafkaSessionTimeout, "kafka-session-timeout", 10*time.Second, "consumer group session timeout: how soon the partitions of a sink that died are handed to the others (the broker allows 6s to 30m by default)")
 	fs.StringVar(&c.cfg.ClickHouseAddr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol addresses, comma-separated")
 	fs.StringVar(&c.cfg.ClickHouseDatabase, "clickhouse-database", "emoflow", "ClickHouse database of the sink's tables; created if missing")
-	fs.StringVar(&c.cfg.ClickHouseUser, "clickhouse-user", "default", "ClickHouse user")
-	fs.StringVar(&c.cfg.ClickHousePassword, "clickhouse-password", "", "ClickHouse password (prefer the environment variable to the flag)")
+	c.cfg.ClickHouse.Register(fs)
+	c.cfg.Kafka.Register(fs)
 	fs.IntVar(&c.cfg.BatchSize, "batch-size", 5000, "most events per ClickHouse insert")
 	fs.DurationVar(&c.cfg.FlushInterval, "flush-interval", time.Second, "longest wait for a batch to fill after its first event")
 	fs.DurationVar(&c.cfg.InsertTimeout, "insert-timeout", 30*time.Second, "bound on each ClickHouse insert attempt and statement")
@@ -124,10 +127,19 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		return err
 	}
 
+	kconn, err := cfg.Kafka.Connect()
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	chUser, chPassword, chTLS, err := cfg.ClickHouse.Credentials()
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
 	conn, err := openClickHouse(clickhouseOptions{
 		Addrs:    splitList(cfg.ClickHouseAddr),
-		User:     cfg.ClickHouseUser,
-		Password: cfg.ClickHousePassword,
+		User:     chUser,
+		Password: chPassword,
+		TLS:      chTLS,
 		Timeout:  cfg.InsertTimeout,
 	})
 	if err != nil {
@@ -155,7 +167,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 
 	brokers := splitList(cfg.KafkaBrokers)
 	if cfg.CreateTopics {
-		client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: kafkaTimeout}
+		client := kconn.Client(brokers, kafkaTimeout)
 		topics := []string{cfg.EventsTopic, cfg.DeadLetterTopic}
 		err = retryStartup(ctx, h, log, "kafka topics", func(ctx context.Context) error {
 			return ensureTopics(ctx, client, topics, cfg.TopicPartitions, cfg.TopicReplicationFactor)
@@ -182,6 +194,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		WatchPartitionChanges: true,
 		// CommitInterval 0: CommitMessages commits before it returns.
 		ErrorLogger: kafkaErrors,
+		Dialer:      kconn.Dialer(0),
 	})
 	defer func() {
 		if err := reader.Close(); err != nil {
@@ -190,6 +203,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	}()
 	deadLetters := &kafka.Writer{
 		Addr:         kafka.TCP(brokers...),
+		Transport:    kconn.Transport(),
 		Topic:        cfg.DeadLetterTopic,
 		Balancer:     &kafka.Hash{},
 		RequiredAcks: kafka.RequireAll,

@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"regexp"
 	"strings"
@@ -57,6 +58,8 @@ type clickhouseOptions struct {
 	Database string
 	User     string
 	Password string
+	// TLS, when set, connects over TLS (the server's secure native port).
+	TLS *tls.Config
 	// Timeout bounds dialing and every read and write on a connection.
 	Timeout time.Duration
 }
@@ -68,6 +71,7 @@ func openClickHouse(o clickhouseOptions) (driver.Conn, error) {
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Addr: o.Addrs,
 		Auth: clickhouse.Auth{Username: o.User, Password: o.Password},
+		TLS:  o.TLS,
 		// No Settings on purpose: a setting an older server rejects can leave
 		// the pooled connection hanging (see PLATFORM.md).
 		DialTimeout:     o.Timeout,

@@ -1,6 +1,8 @@
 // Package testenv gives integration tests the addresses of the real Kafka,
-// Redis and ClickHouse that scripts/services.sh starts, names that do not
-// collide between tests, and the shared data and fixtures folders.
+// Redis and ClickHouse that scripts/services.sh starts (and of their
+// secured listeners, with the throwaway CA and credentials), names that do
+// not collide between tests, the shared data and fixtures folders, and
+// throwaway certificate authorities.
 //
 // Without the EMOFLOW_TEST_* variables (a plain "go test" on a machine without
 // the services) integration tests are skipped; with
