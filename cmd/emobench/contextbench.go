@@ -40,7 +40,7 @@ import (
 // contextBenchConfig is `emobench context`: conversation context in the
 // prompt (issue 16), measured on MELD and EmoryNLP.
 type contextBenchConfig struct {
-	dataDir, cache, sets, ks string
+	dataDir, cache, sets, ks, base string
 	steps, threads, rounds   int
 	stream                   bool
 	brokers, redisAddr       string
@@ -57,6 +57,7 @@ func runContextBench(ctx context.Context, log *slog.Logger, args []string) error
 	fs.StringVar(&c.dataDir, "data", defaultDataDir(), "shared data folder")
 	fs.StringVar(&c.cache, "cache", service.CacheDir(), "download and build cache (EMOFLOW_CACHE); trained adapters are kept under bench/context")
 	fs.StringVar(&c.sets, "sets", "meld,emorynlp", "data sets with dialogues, comma-separated")
+	fs.StringVar(&c.base, "base", "dialogue", "base model: dialogue (the demo recipe pretrained with the sets' dialogues as documents and 128-token sequences, as a chat model has seen conversations; built once into the cache) or demo (the demo model's base: single sentences, 64 tokens)")
 	fs.StringVar(&c.ks, "ks", "0,1,2,4", "context sizes k (previous messages) to train and evaluate; 0 and 2 are required")
 	fs.IntVar(&c.steps, "steps", 400, "updates of each adapter (LoRA, the demo recipe's other settings)")
 	fs.IntVar(&c.threads, "threads", 0, "libtorch threads (0: all cores)")
@@ -88,11 +89,31 @@ func runContextBench(ctx context.Context, log *slog.Logger, args []string) error
 		c.threads = runtime.NumCPU()
 	}
 	tensor.SetThreads(c.threads)
-	recipe, demoDir, tok, err := demoModel(ctx, log, c.cache, c.dataDir)
-	if err != nil {
-		return err
+	var recipe train.DemoRecipe
+	var baseDir string
+	var tok tokenizer.Tokenizer
+	var err error
+	switch c.base {
+	case "demo":
+		var demoDir string
+		if recipe, demoDir, tok, err = demoModel(ctx, log, c.cache, c.dataDir); err != nil {
+			return err
+		}
+		baseDir = filepath.Join(demoDir, train.DemoBase)
+	case "dialogue":
+		recipe = train.Demo()
+		recipe.Dialogues, recipe.MaxTokens = true, 128
+		baseDir = filepath.Join(c.cache, "bench", "context-base", recipe.Key(c.dataDir))
+		log.Info("dialogue base (built on first use)", "dir", baseDir)
+		if _, err := train.BuildDemoBase(ctx, recipe, baseDir, c.dataDir, os.Stderr, log); err != nil {
+			return err
+		}
+		if tok, err = tokenizer.Load(baseDir, tokenizer.Options{}); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("-base %q: want dialogue or demo", c.base)
 	}
-	baseDir := filepath.Join(demoDir, train.DemoBase)
 	base, err := model.Load(baseDir, model.Options{DType: tensor.BFloat16})
 	if err != nil {
 		return err
@@ -121,7 +142,7 @@ func runContextBench(ctx context.Context, log *slog.Logger, args []string) error
 			return err
 		}
 		for _, k := range ks {
-			dir, secs, err := c.adapter(ctx, log, recipe, demoDir, base, tok, set, k, trainEx, devEx)
+			dir, secs, err := c.adapter(ctx, log, recipe, base, tok, set, k, trainEx, devEx)
 			if err != nil {
 				return err
 			}
@@ -150,7 +171,7 @@ func runContextBench(ctx context.Context, log *slog.Logger, args []string) error
 		}
 	}
 
-	fmt.Printf("\nconversation context in the prompt: LoRA adapters (r=8, %d updates each) on the demo base (%s), test splits\n", c.steps, recipe.Key(c.dataDir))
+	fmt.Printf("\nconversation context in the prompt: LoRA adapters (r=8, %d updates each) on the %s base (%s), test splits\n", c.steps, c.base, recipe.Key(c.dataDir))
 	fmt.Printf("%-9s %3s %12s %9s %6s\n", "set", "k", "weighted-F1", "macro-F1", "texts")
 	for _, set := range sets {
 		for _, k := range ks {
@@ -176,15 +197,15 @@ func runContextBench(ctx context.Context, log *slog.Logger, args []string) error
 
 // adapter trains (or finds, cached from an earlier run of the same
 // recipe) the LoRA adapter of set with k context messages.
-func (c contextBenchConfig) adapter(ctx context.Context, log *slog.Logger, recipe train.DemoRecipe, demoDir string, base *model.Model, tok tokenizer.Tokenizer,
+func (c contextBenchConfig) adapter(ctx context.Context, log *slog.Logger, recipe train.DemoRecipe, base *model.Model, tok tokenizer.Tokenizer,
 	set string, k int, trainEx, devEx []train.Example) (string, float64, error) {
 	tmpl := prompt.Template{Name: "ctx-" + set, Text: contextTemplateText, Labels: datasets.Labels(datasets.Set(set)), Wrap: prompt.WrapChat, Language: "en"}.WithContext(k)
 	cfg := recipe.LoRA
 	cfg.Template, cfg.ID, cfg.MaxSteps, cfg.EvalEvery = tmpl, fmt.Sprintf("%s-k%d", set, k), c.steps, c.steps/2
 	key, _ := json.Marshal(struct {
-		Demo   string
+		Base   string
 		Config train.Config
-	}{filepath.Base(demoDir), cfg})
+	}{recipe.Key(c.dataDir), cfg})
 	sum := sha256.Sum256(key)
 	cfg.Out = filepath.Join(c.cache, "bench", "context", hex.EncodeToString(sum[:8]), cfg.ID)
 	if _, err := os.Stat(filepath.Join(cfg.Out, adapters.ManifestFile)); err == nil {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/emoflow/emoflow/internal/adapters"
@@ -49,7 +50,13 @@ type DemoRecipe struct {
 	Sets    []string `json:"sets"`
 	// Texts adds the sets' texts as plain documents to the instruction
 	// rows (measured: at this budget the instruction rows alone do better).
-	Texts      bool    `json:"texts"`
+	Texts bool `json:"texts"`
+	// Dialogues adds the dialogues of the sets that have them (MELD,
+	// EmoryNLP) as plain documents: runs of consecutive utterances written
+	// as conversation context is ("user: <text>" lines), so that the base
+	// has seen conversations and positions as long as MaxTokens, as a
+	// general chat model has.
+	Dialogues  bool    `json:"dialogues,omitempty"`
 	Vocab      int     `json:"tokenizer_vocab"`
 	Layers     int     `json:"layers"`
 	Hidden     int     `json:"hidden"`
@@ -114,24 +121,31 @@ const (
 	DemoSummaryF = "summary.json"
 )
 
-// BuildDemo makes the demo model in dir (base/, adapters/ekman-lora,
-// adapters/ekman-ptuning, summary.json), unless dir already holds a
-// complete one. It is deterministic for a given machine and thread count.
-func BuildDemo(ctx context.Context, r DemoRecipe, dir, dataDir string, progress io.Writer, log *slog.Logger) (DemoSummary, error) {
-	var sum DemoSummary
-	if raw, err := os.ReadFile(filepath.Join(dir, DemoSummaryF)); err == nil && json.Unmarshal(raw, &sum) == nil {
-		return sum, nil
+// BuildDemoBase makes only the recipe's base model in dir (for
+// benchmarks that train their own adapters), unless dir already holds it.
+func BuildDemoBase(ctx context.Context, r DemoRecipe, dir, dataDir string, progress io.Writer, log *slog.Logger) (PretrainReport, error) {
+	done := filepath.Join(dir, "pretrain-report.json")
+	var rep PretrainReport
+	if raw, err := os.ReadFile(done); err == nil && json.Unmarshal(raw, &rep) == nil {
+		return rep, nil
 	}
-	started := time.Now()
-	sum.Recipe = r.Key(dataDir)
-	pc := PretrainConfig{Out: filepath.Join(dir, DemoBase), Overwrite: true, Name: "emoflow-glm3-demo", TokenizerVocab: r.Vocab,
+	rep, err := r.pretrain(ctx, dir, dataDir, progress, log)
+	if err != nil {
+		return rep, err
+	}
+	return rep, writeJSON(done, rep)
+}
+
+// pretrain trains the recipe's base into out.
+func (r DemoRecipe) pretrain(ctx context.Context, out, dataDir string, progress io.Writer, log *slog.Logger) (PretrainReport, error) {
+	pc := PretrainConfig{Out: out, Overwrite: true, Name: "emoflow-glm3-demo", TokenizerVocab: r.Vocab,
 		Layers: r.Layers, Hidden: r.Hidden, Heads: r.Heads, Groups: r.Groups, FFN: r.FFN, MaxTokens: r.MaxTokens,
 		BatchSize: r.Batch, Steps: r.Steps, LR: r.LR, WarmupRatio: 0.05, WeightDecay: 0.01, ClipNorm: 1, Seed: r.Seed,
 		Autocast: tensor.BFloat16, Progress: progress, Logger: log}
 	for _, name := range r.Sets {
 		ex, err := datasets.Read(dataDir, datasets.Set(name), "train")
 		if err != nil {
-			return sum, err
+			return PretrainReport{}, err
 		}
 		task := Task{Template: SetTemplate(datasets.Set(name))}
 		for _, e := range ex {
@@ -143,17 +157,57 @@ func BuildDemo(ctx context.Context, r DemoRecipe, dir, dataDir string, progress 
 			}
 		}
 		pc.Tasks = append(pc.Tasks, task)
+		if r.Dialogues {
+			pc.Texts = append(pc.Texts, dialogueTexts(ex, 5)...)
+		}
 	}
+	return Pretrain(ctx, pc)
+}
+
+// dialogueTexts writes every run of up to n consecutive utterances of a
+// dialogue (starting at every other utterance, never at its last) as
+// "user: <text>" lines.
+// Sets without dialogues (one utterance per conversation) give none.
+func dialogueTexts(ex []datasets.Example, n int) []string {
+	var out []string
+	for lo := 0; lo < len(ex); {
+		hi := lo
+		for hi < len(ex) && ex[hi].Conversation == ex[lo].Conversation {
+			hi++
+		}
+		for start := lo; hi-lo > 1 && start < hi-1; start += 2 {
+			var b strings.Builder
+			for _, e := range ex[start:min(start+n, hi)] {
+				b.WriteString(DatasetRole + ": " + e.Text + "\n")
+			}
+			out = append(out, b.String())
+		}
+		lo = hi
+	}
+	return out
+}
+
+// BuildDemo makes the demo model in dir (base/, adapters/ekman-lora,
+// adapters/ekman-ptuning, summary.json), unless dir already holds a
+// complete one. It is deterministic for a given machine and thread count.
+func BuildDemo(ctx context.Context, r DemoRecipe, dir, dataDir string, progress io.Writer, log *slog.Logger) (DemoSummary, error) {
+	var sum DemoSummary
+	if raw, err := os.ReadFile(filepath.Join(dir, DemoSummaryF)); err == nil && json.Unmarshal(raw, &sum) == nil {
+		return sum, nil
+	}
+	started := time.Now()
+	sum.Recipe = r.Key(dataDir)
 	var err error
-	if sum.Pretrain, err = Pretrain(ctx, pc); err != nil {
+	if sum.Pretrain, err = r.pretrain(ctx, filepath.Join(dir, DemoBase), dataDir, progress, log); err != nil {
 		return sum, err
 	}
-	base, err := model.Load(pc.Out, model.Options{DType: tensor.BFloat16})
+	baseDir := filepath.Join(dir, DemoBase)
+	base, err := model.Load(baseDir, model.Options{DType: tensor.BFloat16})
 	if err != nil {
 		return sum, err
 	}
 	defer base.Close()
-	tok, err := tokenizer.Load(pc.Out, tokenizer.Options{})
+	tok, err := tokenizer.Load(baseDir, tokenizer.Options{})
 	if err != nil {
 		return sum, err
 	}

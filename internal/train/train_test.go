@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/emoflow/emoflow/internal/adapters"
+	"github.com/emoflow/emoflow/internal/datasets"
 	"github.com/emoflow/emoflow/internal/model"
 	"github.com/emoflow/emoflow/internal/prompt"
 	"github.com/emoflow/emoflow/internal/randmodel"
@@ -412,4 +413,15 @@ func TestTrainingWithContextLearnsWhatTheMessageAloneCannot(t *testing.T) {
 		t.Fatalf("dev accuracy with context %.3f (want ≥ 0.9), without %.3f (want ≤ 0.75)", accuracy[1], accuracy[0])
 	}
 	t.Logf("dev accuracy: %.3f without context, %.3f with one previous message", accuracy[0], accuracy[1])
+}
+
+func TestDialogueTextsAreRunsOfOneConversation(t *testing.T) {
+	ex := []datasets.Example{{Conversation: "a", Text: "a1"}, {Conversation: "a", Text: "a2"}, {Conversation: "a", Text: "a3"},
+		{Conversation: "b", Text: "alone"}, {Conversation: "c", Text: "c1"}, {Conversation: "c", Text: "c2"}}
+	got := dialogueTexts(ex, 2)
+	// Runs start at every other utterance; a lone last one is no dialogue.
+	want := []string{"user: a1\nuser: a2\n", "user: c1\nuser: c2\n"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("dialogue texts %q, want %q", got, want)
+	}
 }
