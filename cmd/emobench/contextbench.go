@@ -41,10 +41,10 @@ import (
 // prompt (issue 16), measured on MELD and EmoryNLP.
 type contextBenchConfig struct {
 	dataDir, cache, sets, ks, base string
-	steps, threads, rounds   int
-	stream                   bool
-	brokers, redisAddr       string
-	partitions, streamLimit  int
+	steps, threads, rounds         int
+	stream                         bool
+	brokers, redisAddr             string
+	partitions, streamLimit        int
 }
 
 // contextTemplateText is the bench's prompt: the paper's instruction
