@@ -15,6 +15,8 @@
 //	                              P-tuning v2 against no adapter (./task bench:adapters)
 //	emobench context [flags]      conversation context in the prompt on MELD and EmoryNLP: quality
 //	                              by k, streamed against offline labels, context cost (./task bench:context)
+//	emobench chaos [flags]        faults injected into the pipeline's binaries and services while
+//	                              a stream flows (./task chaos, internal/chaos)
 //
 // `emobench COMMAND -h` lists a command's flags. Progress goes to stderr,
 // figures to stdout; the last line of stdout holds the ratios as
@@ -52,6 +54,8 @@ func main() {
 		err = runPipelineBench(ctx, log, args)
 	case "train":
 		err = runTrainBench(ctx, log, args)
+	case "chaos":
+		err = runChaos(ctx, log, args)
 	case "engine":
 		err = runEngineBench(ctx, args)
 	case "adapters":
@@ -92,6 +96,8 @@ commands:
                on the benchmark model, float32 and bfloat16
   adapters     4 unmerged LoRA adapters mixed in batches against one merged, and P-tuning v2
                (128 virtual tokens) against no adapter, on the benchmark model
+  chaos        the chaos suite: the pipeline's binaries on the local services, one fault after another
+               (kill -9 of classifier, Kafka and Redis, ClickHouse stopped, a stall, overload with a replay)
 
 emobench COMMAND -h lists the command's flags.
 `)

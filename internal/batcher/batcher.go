@@ -182,7 +182,19 @@ type Batcher[P, R any] struct {
 	// ratio is the recent time per row. paceBatch is the recent compute
 	// time of one batch, weighted alike.
 	paceRows, paceTime, paceBatch float64
+	// running is the batches being computed; lastDone when the last one
+	// ended.
+	running  int
+	lastDone time.Time
 }
+
+// paceStale is how long the workers must have been idle for the pace to be
+// measured afresh: Backlog admits anything on idle workers then, and the
+// next batch's pace replaces the old one instead of blending with it. A
+// pace measured in a slow spell (the machine busy with something else)
+// would otherwise refuse every request for good: with nothing admitted, no
+// batch would ever run to correct it.
+const paceStale = 2 * time.Second
 
 // New returns a batcher; call Start to run its workers.
 func New[P, R any](cfg Config, run RunFunc[P, R], obs Observer) (*Batcher[P, R], error) {
@@ -236,7 +248,9 @@ func (b *Batcher[P, R]) Depth(p Priority) int {
 // Only rows actually queued count: an estimate that added rows which may
 // come later would, after a spell of small (slow per row) batches, refuse
 // every request on an idle worker, and with nothing run the pace would
-// never recover.
+// never recover. For the same reason, once the workers have been idle for
+// paceStale with nothing queued, the estimate is 0: the pace is stale and
+// the next batch measures it again.
 func (b *Batcher[P, R]) Backlog(p Priority, rows int) (d time.Duration, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -247,8 +261,24 @@ func (b *Batcher[P, R]) Backlog(p Priority, rows int) (d time.Duration, ok bool)
 	for q := Live; q <= p; q++ {
 		queued += len(b.queues[q])
 	}
+	if b.idleStaleLocked() && b.queuedLocked() == 0 {
+		return 0, true
+	}
 	perRow := b.paceTime / b.paceRows
 	return time.Duration(float64(queued+rows) * perRow / float64(b.cfg.Workers)), true
+}
+
+// idleStaleLocked reports whether no batch has run for paceStale.
+func (b *Batcher[P, R]) idleStaleLocked() bool {
+	return b.running == 0 && !b.lastDone.IsZero() && b.now().Sub(b.lastDone) >= paceStale
+}
+
+func (b *Batcher[P, R]) queuedLocked() int {
+	n := 0
+	for _, q := range b.queues {
+		n += len(q)
+	}
+	return n
 }
 
 func (b *Batcher[P, R]) signal() {
@@ -375,16 +405,27 @@ func (b *Batcher[P, R]) compute(ctx context.Context, items []*item[P, R]) {
 		}
 	}
 	batch.PaddedTokens = longest * len(items)
+	b.mu.Lock()
+	fresh := b.idleStaleLocked()
+	b.running++
+	b.mu.Unlock()
 	start := b.now()
 	results, err := b.safeRun(ctx, batch)
 	if err == nil && len(results) != len(items) {
 		err = fmt.Errorf("batcher: run returned %d results for %d requests", len(results), len(items))
 	}
 	took := b.now().Sub(start)
+	b.mu.Lock()
+	b.running--
+	b.lastDone = b.now()
+	b.mu.Unlock()
 	if err == nil {
 		// Weighted by rows, the pace is what the queue drains at: large
 		// batches of short texts and small ones of long texts alike.
 		b.mu.Lock()
+		if fresh {
+			b.paceRows, b.paceTime, b.paceBatch = 0, 0, 0
+		}
 		b.paceRows = 0.8*b.paceRows + float64(len(items))
 		b.paceTime = 0.8*b.paceTime + float64(took)
 		if b.paceBatch == 0 {

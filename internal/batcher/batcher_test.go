@@ -569,3 +569,48 @@ func TestUrgentRequestLeadsTheNextBatch(t *testing.T) {
 		t.Fatalf("first batch after the occupying one: %v, want it led by the urgent request 5", first)
 	}
 }
+
+// TestStalePaceIsMeasuredAgain: a pace measured in a slow spell makes the
+// estimate refuse-worthy; once the workers have been idle for paceStale,
+// the estimate admits again, and the next batch's pace replaces the slow
+// one rather than blending with it. Without that, a classifier refusing
+// every request would never run the batch that corrects its pace.
+func TestStalePaceIsMeasuredAgain(t *testing.T) {
+	var clock atomic.Int64
+	var perRow atomic.Int64
+	perRow.Store(int64(time.Second)) // the slow spell
+	cfg := baseConfig()
+	cfg.Workers, cfg.MaxDelay = 1, 0
+	b, err := New(cfg, func(ctx context.Context, batch *Batch[int]) ([]string, error) {
+		clock.Add(perRow.Load() * int64(len(batch.Payloads)))
+		return make([]string, len(batch.Payloads)), nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Start(ctx)
+	defer func() {
+		_ = b.Close(context.Background())
+		cancel()
+	}()
+	submit := func() {
+		if _, err := b.Submit(context.Background(), Request[int]{Group: "g", Cost: 1, Payload: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	submit()
+	if d, ok := b.Backlog(Live, 10); !ok || d != 10*time.Second {
+		t.Fatalf("backlog after a slow batch = %v, %v; want 10s (10 rows at 1s)", d, ok)
+	}
+	clock.Add(int64(2 * time.Second)) // idle since
+	if d, ok := b.Backlog(Live, 10); !ok || d != 0 {
+		t.Fatalf("backlog after %s idle = %v, %v; want 0 (admit, measure again)", 2*time.Second, d, ok)
+	}
+	perRow.Store(int64(time.Millisecond)) // the spell is over
+	submit()
+	if d, ok := b.Backlog(Live, 10); !ok || d != 10*time.Millisecond {
+		t.Fatalf("backlog after a fast batch = %v, %v; want 10ms (the new pace alone)", d, ok)
+	}
+}

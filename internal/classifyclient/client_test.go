@@ -146,6 +146,7 @@ func TestRetriesOnlyRetryableErrors(t *testing.T) {
 		{"forbidden is retried", 403, classifyapi.CodeForbidden, 3, true},
 		{"bad request is not retried", 400, classifyapi.CodeBadRequest, 1, false},
 		{"unknown adapter is not retried", 404, classifyapi.CodeUnknownAdapter, 1, false},
+		{"a 404 that is not the API's is retried", 404, "", 3, true},
 		{"too large is not retried", 413, classifyapi.CodeTooLarge, 1, false},
 	}
 	for _, tc := range cases {

@@ -40,6 +40,13 @@ func (e *APIError) Error() string {
 // the request, and retrying keeps the messages until it is fixed rather
 // than rejecting them. Other client errors (4xx) are never retried.
 func (e *APIError) Retryable() bool {
+	// A 404 without the API's error document is not the classifier saying
+	// "no such adapter" but something in front of it, or a server not yet
+	// serving the API (a proxy's page, a restart): retry rather than let
+	// callers reject the texts for good.
+	if e.Status == http.StatusNotFound && e.Code == "" {
+		return true
+	}
 	switch e.Status {
 	case http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway,
 		http.StatusServiceUnavailable, http.StatusGatewayTimeout:

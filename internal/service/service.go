@@ -82,6 +82,25 @@ func (rt *Runtime) Ready() (bool, string) {
 	return rt.notReady == "", rt.notReady
 }
 
+// handler serves Mux, except that while the component is not ready a
+// request for a path without a handler gets 503 with Retry-After rather
+// than the mux's 404: components register their API when they can serve it
+// (the classifier after loading its model), and a client must not take "not
+// yet" for "no such thing" (ingest dead-letters messages when the
+// classifier answers 404 to /v1/classify).
+func (rt *Runtime) handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := rt.Mux.Handler(r); pattern == "" {
+			if ready, why := rt.Ready(); !ready {
+				w.Header().Set("Retry-After", "1")
+				http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+				return
+			}
+		}
+		rt.Mux.ServeHTTP(w, r)
+	})
+}
+
 // Options are the settings every binary has.
 type Options struct {
 	HTTPAddr        string
@@ -204,7 +223,7 @@ func Run(ctx context.Context, name string, c Component, defaultHTTPAddr string, 
 		ln = tls.NewListener(ln, tlsCfg)
 		rt.TLS = true
 	}
-	srv := &http.Server{Handler: rt.Mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: rt.handler(), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	logger.Info("started", "http_addr", rt.Addr, "tls", rt.TLS)

@@ -144,3 +144,69 @@ func TestBadConfigurationIsAConfigError(t *testing.T) {
 		t.Fatalf("Run = %v, want a ConfigError", err)
 	}
 }
+
+// lateAPI registers its endpoint and becomes ready only when release is
+// closed, as the classifier does after loading its model.
+type lateAPI struct{ release chan struct{} }
+
+func (l *lateAPI) RegisterFlags(fs *flag.FlagSet) {}
+
+func (l *lateAPI) Run(ctx context.Context, rt *Runtime) error {
+	rt.SetNotReady("loading")
+	select {
+	case <-l.release:
+	case <-ctx.Done():
+		return nil
+	}
+	rt.Mux.HandleFunc("POST /v1/thing", func(rw http.ResponseWriter, _ *http.Request) { io.WriteString(rw, "done") })
+	rt.SetReady()
+	<-ctx.Done()
+	return nil
+}
+
+// TestAPIBeforeReadyAnswers503NotNotFound: a client calling the API while
+// the component starts gets 503 with Retry-After (retry later), never the
+// mux's 404 (which the classifier's clients read as an unknown adapter);
+// once ready, the API answers and unknown paths are 404 again.
+func TestAPIBeforeReadyAnswers503NotNotFound(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := &lateAPI{release: make(chan struct{})}
+	started := make(chan *Runtime, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, "late", l, "127.0.0.1:0", []string{"-http-addr=127.0.0.1:0"}, func(string) (string, bool) { return "", false },
+			io.Discard, func(rt *Runtime) { started <- rt })
+	}()
+	rt := <-started
+	post := func(path string) (int, string, string) {
+		resp, err := http.Post("http://"+rt.Addr+path, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Retry-After"), string(b)
+	}
+	if code, retry, body := post("/v1/thing"); code != http.StatusServiceUnavailable || retry != "1" || !strings.Contains(body, "loading") {
+		t.Fatalf("before ready: %d (Retry-After %q) %q, want 503 with Retry-After 1 and the reason", code, retry, body)
+	}
+	close(l.release)
+	deadline := time.Now().Add(10 * time.Second)
+	for ready, _ := rt.Ready(); !ready; ready, _ = rt.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("not ready")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code, _, body := post("/v1/thing"); code != http.StatusOK || body != "done" {
+		t.Fatalf("when ready: %d %q", code, body)
+	}
+	if code, _, _ := post("/v1/nothing"); code != http.StatusNotFound {
+		t.Fatalf("unknown path when ready: %d, want 404", code)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
