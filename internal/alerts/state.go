@@ -36,7 +36,7 @@ type Alert struct {
 	// ConversationMessages counts the conversation's messages applied to
 	// the state so far, this one included (since the state began: see the
 	// state TTL).
-	ConversationMessages int64 `json:"conversation_messages"`
+	ConversationMessages int64  `json:"conversation_messages"`
 	Adapter              string `json:"adapter"`
 	// SentAt is the triggering message's time: alerts carry no clock of
 	// their own, so a redelivered alert is byte-for-byte the same.
