@@ -27,7 +27,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "emoflow_alerter_events_total",
-			Help: "Events consumed, by outcome: applied, duplicate (the message was applied already), late (a later message of the conversation was applied first; not applied), not_live (a replay's), other_adapter (filtered out by -adapter), dead_letter (malformed).",
+			Help: "Events consumed, by outcome: applied, duplicate (the message was applied already), late (a later message of the conversation was applied already: a redelivery after the state was saved, or an event published out of order; not applied), not_live (a replay's), other_adapter (filtered out by -adapter), dead_letter (malformed).",
 		}, []string{"outcome"}),
 		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "emoflow_alerter_alerts_total",

@@ -98,8 +98,9 @@ const (
 	// second event of the same message).
 	Duplicate Outcome = "duplicate"
 	// Late: the event's message comes before the last one applied, in the
-	// same source partition (its event was published after a later
-	// message's); it is not applied.
+	// same source partition: an event delivered again after the state was
+	// saved, or one published after a later message's event; it is not
+	// applied.
 	Late Outcome = "late"
 )
 
