@@ -3,11 +3,13 @@ package alerts
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/testenv"
 )
 
 // testRules: a share rule over the customer's last 4 messages (alert at 3
@@ -239,5 +241,15 @@ func TestRulesFileErrorsNameTheProblem(t *testing.T) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestShippedRulesFileIsValid(t *testing.T) {
+	r, err := LoadRules(filepath.Join(testenv.RepoRoot(t), "deploy", "alerts", "rules.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.Names(), ","); got != "customer-negative-share,customer-turned-negative" {
+		t.Fatalf("rules %s", got)
 	}
 }
