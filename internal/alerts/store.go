@@ -180,8 +180,10 @@ func openClickHouse(addrs []string, user, password string, timeout time.Duration
 }
 
 func (s *clickhouseAlerts) Insert(ctx context.Context, alerts []Alert) error {
-	insertedAt := s.now().UTC().Truncate(time.Second)
-	version := uint64(s.now().UnixNano())
+	now := s.now()
+	insertedAt := now.UTC().Truncate(time.Second)
+	// The latest insert of an alert wins; its rows are equal anyway.
+	version := uint64(now.UnixNano())
 	query := fmt.Sprintf("INSERT INTO %s.alerts (%s)", s.database, strings.Join(alertColumns, ", "))
 	b, err := s.conn.PrepareBatch(ctx, query)
 	if err != nil {
