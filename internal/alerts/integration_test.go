@@ -3,6 +3,7 @@ package alerts
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/service"
 	"github.com/emoflow/emoflow/internal/sink"
 	"github.com/emoflow/emoflow/internal/testenv"
 )
@@ -583,4 +586,74 @@ func (in *integration) queryCount(t *testing.T, query string) uint64 {
 		t.Fatalf("%s: %v", query, err)
 	}
 	return n
+}
+
+func TestAlerterWaitsForTheAlertsTableAndIsReadyOnceItExists(t *testing.T) {
+	in := newIntegration(t)
+	// A database without the schema: the alerter must wait, saying why.
+	missing := in.database + "_later"
+	args := in.args("-clickhouse-database=" + missing)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	started := make(chan *service.Runtime, 1)
+	done := make(chan error, 1)
+	var logs strings.Builder
+	var logsMu sync.Mutex
+	go func() {
+		done <- service.Run(ctx, "alerter", &Component{}, "127.0.0.1:0", args, func(string) (string, bool) { return "", false },
+			writerFunc(func(p []byte) (int, error) { logsMu.Lock(); defer logsMu.Unlock(); return logs.Write(p) }),
+			func(rt *service.Runtime) { started <- rt })
+	}()
+	rt := <-started
+	waitUntil(t, 30*time.Second, "/readyz naming the missing table", func() (bool, string) {
+		_, why := rt.Ready()
+		return strings.Contains(why, "starting: clickhouse alerts table") && strings.Contains(why, missing+".alerts does not exist"), why
+	})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = in.conn.Exec(ctx, "DROP DATABASE IF EXISTS "+missing)
+	})
+	stmts, err := sink.SchemaStatements(missing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range stmts {
+		if err := in.conn.Exec(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, 60*time.Second, "ready once the table exists", func() (bool, string) {
+		ok, why := rt.Ready()
+		return ok, why
+	})
+	cancel()
+	if err := <-done; err != nil {
+		logsMu.Lock()
+		defer logsMu.Unlock()
+		t.Fatalf("alerter stopped with %v\n%s", err, logs.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func TestBadRulesFileStopsTheAlerterWithAConfigurationError(t *testing.T) {
+	rules := filepath.Join(t.TempDir(), "rules.json")
+	if err := os.WriteFile(rules, []byte(`{"rules": [{"name": "r", "kind": "share", "labels": ["fury"], "window": 3, "threshold": 0.5}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	err := service.Run(context.Background(), "alerter", &Component{}, "127.0.0.1:0", []string{"-http-addr=127.0.0.1:0", "-rules=" + rules},
+		func(string) (string, bool) { return "", false }, &logs, nil)
+	var ce *service.ConfigError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), `unknown label "fury"`) {
+		t.Fatalf("Run = %v, want a configuration error naming the label", err)
+	}
+	err = service.Run(context.Background(), "alerter", &Component{}, "127.0.0.1:0", []string{"-http-addr=127.0.0.1:0"},
+		func(string) (string, bool) { return "", false }, &logs, nil)
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "-rules is required") {
+		t.Fatalf("Run without -rules = %v, want a configuration error", err)
+	}
 }
