@@ -232,6 +232,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		},
 		rules: rules, src: reader, states: states, store: store,
 		alerts: alertsWriter, deadLetters: deadLetters, m: m, health: health, log: log,
+		lag: map[topicPartition]*partitionLag{},
 	}
 	rt.SetReady()
 	log.Info("consuming", "topic", cfg.EventsTopic, "group", cfg.GroupID, "alerts_topic", cfg.AlertsTopic,

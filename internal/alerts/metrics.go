@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		consumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "emoflow_alerter_consumer_lag",
-			Help: "Events behind the high-water mark at the newest fetch, per partition of the events topic.",
+			Help: "Events of the events topic not yet committed by this alerter, per partition: the high-water mark of the newest fetch minus the next offset to commit.",
 		}, []string{"topic", "partition"}),
 		batchSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "emoflow_alerter_batch_duration_seconds",

@@ -72,6 +72,20 @@ type pipeline struct {
 	m           *metrics
 	health      func(step string, err error)
 	log         *slog.Logger
+	// lag is per partition of the events topic; only the pipeline's
+	// goroutine uses it.
+	lag map[topicPartition]*partitionLag
+}
+
+type topicPartition struct {
+	topic     string
+	partition int
+}
+
+// partitionLag is what the consumer-lag gauge is computed from.
+type partitionLag struct {
+	highWaterMark int64 // of the newest fetch
+	next          int64 // the next offset to commit
 }
 
 // run works until ctx ends, then finishes the batch in hand (bounded by
@@ -123,7 +137,16 @@ func (p *pipeline) fill(ctx context.Context) ([]kafka.Message, error) {
 		if len(msgs) == 0 {
 			deadline = time.Now().Add(p.cfg.FlushInterval)
 		}
-		p.m.consumerLag.WithLabelValues(m.Topic, strconv.Itoa(m.Partition)).Set(float64(max(m.HighWaterMark-m.Offset-1, 0)))
+		tp := topicPartition{m.Topic, m.Partition}
+		l := p.lag[tp]
+		if l == nil {
+			// Until the first commit, the first offset fetched is the best
+			// guess of the committed one.
+			l = &partitionLag{next: m.Offset}
+			p.lag[tp] = l
+		}
+		l.highWaterMark = m.HighWaterMark
+		p.setLag(tp, l)
 		msgs = append(msgs, m)
 	}
 	return msgs, nil
@@ -299,13 +322,9 @@ func (p *pipeline) steps(ctx context.Context, b *batch) error {
 // until then the events are merely delivered again (and change nothing).
 // It fails only if ctx ended, so that a shutdown retries it.
 func (p *pipeline) commit(ctx context.Context, b *batch) error {
-	type tp struct {
-		topic     string
-		partition int
-	}
-	last := map[tp]int64{}
+	last := map[topicPartition]int64{}
 	for _, m := range b.msgs {
-		k := tp{m.Topic, m.Partition}
+		k := topicPartition{m.Topic, m.Partition}
 		if off, ok := last[k]; !ok || m.Offset > off {
 			last[k] = m.Offset
 		}
@@ -322,8 +341,19 @@ func (p *pipeline) commit(ctx context.Context, b *batch) error {
 		}
 		p.m.stepErrors.WithLabelValues("commit").Inc()
 		p.log.Warn("committing offsets failed; the events may be delivered again", "err", err)
+		return nil
+	}
+	for tp, off := range last {
+		if l := p.lag[tp]; l != nil && off+1 > l.next {
+			l.next = off + 1
+			p.setLag(tp, l)
+		}
 	}
 	return nil
+}
+
+func (p *pipeline) setLag(tp topicPartition, l *partitionLag) {
+	p.m.consumerLag.WithLabelValues(tp.topic, strconv.Itoa(tp.partition)).Set(float64(max(l.highWaterMark-l.next, 0)))
 }
 
 // retry runs op, each attempt bounded by StepTimeout, until it succeeds or

@@ -120,6 +120,7 @@ func (h *harness) run(ctx context.Context, src *fakeSource, adapter string) erro
 			Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Millisecond) }},
 		rules: h.rules, src: src, states: h.states, store: h.store, alerts: h.alerts, deadLetters: h.deadLetters,
 		m: h.m, health: func(string, error) {}, log: slog.New(slog.DiscardHandler),
+		lag: map[topicPartition]*partitionLag{},
 	}
 	return p.run(ctx)
 }
@@ -129,7 +130,8 @@ func topicOf(evs []contract.EmotionEvent) []kafka.Message {
 	msgs := make([]kafka.Message, len(evs))
 	for i, ev := range evs {
 		raw, _ := json.Marshal(ev)
-		msgs[i] = kafka.Message{Topic: "events", Partition: 0, Offset: int64(i), Key: []byte(ev.ConversationID), Value: raw}
+		msgs[i] = kafka.Message{Topic: "events", Partition: 0, Offset: int64(i), HighWaterMark: int64(len(evs)),
+			Key: []byte(ev.ConversationID), Value: raw}
 	}
 	return msgs
 }
@@ -151,6 +153,10 @@ func TestCrashBeforeTheStateIsSavedRepublishesTheSameAlerts(t *testing.T) {
 		t.Fatalf("first run committed %d, published %d alerts; want nothing committed and some alerts", src.committed, len(h.alerts.msgs))
 	}
 	first := append([]kafka.Message(nil), h.alerts.msgs...)
+	lag := h.m.consumerLag.WithLabelValues("events", "0")
+	if got := testutil.ToFloat64(lag); got == 0 {
+		t.Error("consumer lag is 0 while nothing was committed")
+	}
 
 	// The restart gets everything again and must publish the same alerts,
 	// byte for byte, then the rest.
@@ -177,6 +183,9 @@ func TestCrashBeforeTheStateIsSavedRepublishesTheSameAlerts(t *testing.T) {
 	}
 	if src.committed != int64(len(msgs)) {
 		t.Fatalf("committed %d of %d", src.committed, len(msgs))
+	}
+	if got := testutil.ToFloat64(lag); got != 0 {
+		t.Errorf("consumer lag %v after everything was committed, want 0", got)
 	}
 
 	// A crash after the save but before the commit: everything comes
