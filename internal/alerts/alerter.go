@@ -43,6 +43,7 @@ type config struct {
 
 	BatchSize     int
 	FlushInterval time.Duration
+	ReorderWindow time.Duration
 	StepTimeout   time.Duration
 	DrainTimeout  time.Duration
 	MaxEventBytes int
@@ -75,6 +76,7 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.cfg.ClickHousePassword, "clickhouse-password", "", "ClickHouse password (prefer the environment variable to the flag)")
 	fs.IntVar(&c.cfg.BatchSize, "batch-size", 1000, "most events per batch (one state load, one publish, one insert, one state save, one commit)")
 	fs.DurationVar(&c.cfg.FlushInterval, "flush-interval", 200*time.Millisecond, "longest wait for a batch to fill after its first event")
+	fs.DurationVar(&c.cfg.ReorderWindow, "reorder-window", 2*time.Second, "how long an event waits before it is applied, so that events of earlier messages of its conversation published after it are applied first; alerts come this much later; 0: at once (such events are then skipped as late)")
 	fs.DurationVar(&c.cfg.StepTimeout, "step-timeout", 10*time.Second, "bound on each attempt of a batch step (Redis, Kafka, ClickHouse); failed steps are retried")
 	fs.DurationVar(&c.cfg.DrainTimeout, "drain-timeout", 20*time.Second, "on shutdown, how long to keep trying to finish and commit the batch in hand; keep it below -shutdown-timeout")
 	fs.IntVar(&c.cfg.MaxEventBytes, "max-event-bytes", 1<<20, "largest event accepted; larger ones go to the dead-letter topic")
@@ -105,6 +107,7 @@ func (cfg *config) validate() error {
 	check(databaseName.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
 	check(cfg.BatchSize > 0, "-batch-size must be positive")
 	check(cfg.FlushInterval > 0, "-flush-interval must be positive")
+	check(cfg.ReorderWindow >= 0, "-reorder-window must not be negative")
 	check(cfg.StepTimeout > 0, "-step-timeout must be positive")
 	check(cfg.DrainTimeout > 0, "-drain-timeout must be positive")
 	check(cfg.MaxEventBytes > 0, "-max-event-bytes must be positive")
@@ -220,23 +223,19 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		}
 		rt.SetNotReady(strings.Join(why, "; "))
 	}
-	p := &pipeline{
-		cfg: pipelineConfig{
-			BatchSize:     cfg.BatchSize,
-			FlushInterval: cfg.FlushInterval,
-			StepTimeout:   cfg.StepTimeout,
-			DrainTimeout:  cfg.DrainTimeout,
-			MaxEventBytes: cfg.MaxEventBytes,
-			Adapter:       cfg.Adapter,
-			Backoff:       newRetryBackoff,
-		},
-		rules: rules, src: reader, states: states, store: store,
-		alerts: alertsWriter, deadLetters: deadLetters, m: m, health: health, log: log,
-		lag: map[topicPartition]*partitionLag{},
-	}
+	p := newPipeline(pipelineConfig{
+		BatchSize:     cfg.BatchSize,
+		FlushInterval: cfg.FlushInterval,
+		StepTimeout:   cfg.StepTimeout,
+		DrainTimeout:  cfg.DrainTimeout,
+		MaxEventBytes: cfg.MaxEventBytes,
+		Adapter:       cfg.Adapter,
+		ReorderWindow: cfg.ReorderWindow,
+		Backoff:       newRetryBackoff,
+	}, rules, reader, states, store, alertsWriter, deadLetters, m, health, log)
 	rt.SetReady()
 	log.Info("consuming", "topic", cfg.EventsTopic, "group", cfg.GroupID, "alerts_topic", cfg.AlertsTopic,
-		"rules", rules.Names(), "adapter", cfg.Adapter)
+		"rules", rules.Names(), "adapter", cfg.Adapter, "reorder_window", cfg.ReorderWindow)
 	return p.run(ctx)
 }
 

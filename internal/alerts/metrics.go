@@ -12,6 +12,7 @@ type metrics struct {
 	alerts      *prometheus.CounterVec
 	stepErrors  *prometheus.CounterVec
 	staleSaves  prometheus.Counter
+	reordered   prometheus.Counter
 	consumerLag *prometheus.GaugeVec
 	batchSecs   prometheus.Histogram
 }
@@ -35,11 +36,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"rule"}),
 		stepErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "emoflow_alerter_step_errors_total",
-			Help: "Failed attempts of a batch's steps (each is retried): load_state, dead_letters, publish, clickhouse, save_state, commit.",
+			Help: "Failed attempts of a batch's steps (each is retried): load_state, save_state, dead_letters, publish, clickhouse, clear_outbox, commit.",
 		}, []string{"step"}),
 		staleSaves: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "emoflow_alerter_stale_state_saves_total",
 			Help: "Conversation states not saved because the stored one was further on (another alerter took the partition in a rebalance).",
+		}),
+		reordered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "emoflow_alerter_events_reordered_total",
+			Help: "Events that arrived after an event of a later message of their conversation but within -reorder-window, and were applied in message order (without the window they would have been late).",
 		}),
 		consumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "emoflow_alerter_consumer_lag",
@@ -47,11 +52,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"topic", "partition"}),
 		batchSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "emoflow_alerter_batch_duration_seconds",
-			Help:    "From the end of a batch's fetch to its commit: state load, rules, dead letters, alerts published and stored, state saved.",
+			Help:    "From the start of a round's processing to its commit: state load, rules, state save, dead letters, alerts published and stored, outbox cleared.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.events, m.alerts, m.stepErrors, m.staleSaves, m.consumerLag, m.batchSecs} {
+	for _, c := range []prometheus.Collector{m.events, m.alerts, m.stepErrors, m.staleSaves, m.reordered, m.consumerLag, m.batchSecs} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register alerter metrics: %w", err)
 		}

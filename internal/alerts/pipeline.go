@@ -1,6 +1,7 @@
 package alerts
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,23 +46,35 @@ type pipelineConfig struct {
 	// Adapter, when set, keeps only the events of this adapter ("id" for
 	// any version, or "id@version").
 	Adapter string
-	Backoff func() backoff.BackOff
+	// ReorderWindow is how long a fetched event waits before it is
+	// applied, so that the events of earlier messages of its conversation
+	// that arrive after it (ingest publishes batches concurrently) are
+	// applied first. 0 applies at once.
+	ReorderWindow time.Duration
+	// MaxPending bounds the events waiting; past it the oldest are applied
+	// early.
+	MaxPending int
+	Backoff    func() backoff.BackOff
 }
 
-// pipeline turns the events topic into alerts, one batch at a time: fetch,
-// load the batch's conversation states, apply the events in topic order,
-// write the dead letters, publish the alerts, insert them into ClickHouse,
-// save the states, commit the offsets. Each step is retried until it
-// succeeds, and nothing more is fetched meanwhile, so an offset is committed
-// only after every alert its events produced is on the topic and in
-// ClickHouse and the state is saved.
+// pipeline turns the events topic into alerts. It fetches events into a
+// pending list, where each waits ReorderWindow; then, per round, it applies
+// the events whose wait is over (with any later-fetched events of earlier
+// messages of the same conversations), each conversation in source order:
+// load the conversations' states, apply, save the states with the new
+// alerts in them (an outbox), write the dead letters, publish the alerts,
+// insert them into ClickHouse, clear the outboxes, commit the offsets below
+// the oldest event still pending. Each step is retried until it succeeds,
+// and nothing more is fetched meanwhile, so an offset is committed only
+// after every alert its events produced is on the topic and in ClickHouse.
 //
-// Why a redelivery never alerts twice: the fold over a partition's events is
-// deterministic (the events topic's order, the stored state), so events
-// delivered again after a crash before the save produce the same alerts
-// with the same ids (duplicates on the topic, one row in alerts_dedup), and
-// events delivered again after the save are at or below the saved offset
-// and change nothing.
+// Why a redelivery never alerts twice: the decisions (which messages were
+// applied, which alerts they opened) are saved before any alert is
+// published. Events delivered again after the save are at or below the
+// saved offset and change nothing; alerts saved but perhaps not published
+// (a crash between the save and the clearing of the outbox) are published
+// again, with the same ids and bytes, when their conversation's state is
+// next loaded, which the redelivered events make happen.
 type pipeline struct {
 	cfg         pipelineConfig
 	rules       *Rules
@@ -72,9 +86,17 @@ type pipeline struct {
 	m           *metrics
 	health      func(step string, err error)
 	log         *slog.Logger
-	// lag is per partition of the events topic; only the pipeline's
-	// goroutine uses it.
-	lag map[topicPartition]*partitionLag
+	now         func() time.Time
+
+	// Only the pipeline's goroutine uses what follows.
+	// pending are the fetched events not yet applied, in fetch order.
+	pending []*entry
+	seq     int64
+	// fetched is the highest offset fetched per partition; committed the
+	// next offset committed.
+	fetched   map[topicPartition]int64
+	committed map[topicPartition]int64
+	lag       map[topicPartition]*partitionLag
 }
 
 type topicPartition struct {
@@ -88,13 +110,37 @@ type partitionLag struct {
 	next          int64 // the next offset to commit
 }
 
-// run works until ctx ends, then finishes the batch in hand (bounded by
-// DrainTimeout) and returns.
+// entry is one fetched message: a dead letter, an event to apply, or
+// neither (an event that does not count).
+type entry struct {
+	msg       kafka.Message
+	fetchedAt time.Time
+	seq       int64
+	dead      *kafka.Message
+	ev        *contract.EmotionEvent
+	key       convKey
+}
+
+func newPipeline(cfg pipelineConfig, rules *Rules, src messageSource, states stateStore, store alertStore,
+	alerts, deadLetters messageWriter, m *metrics, health func(string, error), log *slog.Logger) *pipeline {
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 100 * cfg.BatchSize
+	}
+	return &pipeline{
+		cfg: cfg, rules: rules, src: src, states: states, store: store, alerts: alerts, deadLetters: deadLetters,
+		m: m, health: health, log: log, now: time.Now,
+		fetched: map[topicPartition]int64{}, committed: map[topicPartition]int64{}, lag: map[topicPartition]*partitionLag{},
+	}
+}
+
+// run works until ctx ends, then applies and commits what it fetched
+// (bounded by DrainTimeout) and returns.
 func (p *pipeline) run(ctx context.Context) error {
 	for {
-		msgs, fetchErr := p.fill(ctx)
-		if len(msgs) > 0 {
-			if err := p.processBatch(ctx, msgs); err != nil {
+		fetchErr := p.fetch(ctx)
+		final := fetchErr != nil || ctx.Err() != nil
+		if ready := p.takeReady(final); len(ready) > 0 {
+			if err := p.processBatch(ctx, ready); err != nil {
 				return errors.Join(err, fetchErr)
 			}
 		}
@@ -107,14 +153,17 @@ func (p *pipeline) run(ctx context.Context) error {
 	}
 }
 
-// fill fetches up to BatchSize messages, waiting at most FlushInterval after
-// the first.
-func (p *pipeline) fill(ctx context.Context) ([]kafka.Message, error) {
-	var msgs []kafka.Message
+// fetch adds up to BatchSize messages to the pending list; it returns
+// FlushInterval after the first, when the oldest pending event's wait is
+// over, or when the pending list is full.
+func (p *pipeline) fetch(ctx context.Context) error {
 	var deadline time.Time
-	for len(msgs) < p.cfg.BatchSize {
+	if len(p.pending) > 0 {
+		deadline = p.pending[0].fetchedAt.Add(p.cfg.ReorderWindow)
+	}
+	for n := 0; n < p.cfg.BatchSize && len(p.pending) < p.cfg.MaxPending; {
 		fetchCtx, cancel := ctx, context.CancelFunc(func() {})
-		if len(msgs) > 0 {
+		if !deadline.IsZero() {
 			fetchCtx, cancel = context.WithDeadline(ctx, deadline)
 		}
 		m, err := p.src.FetchMessage(fetchCtx)
@@ -122,41 +171,129 @@ func (p *pipeline) fill(ctx context.Context) ([]kafka.Message, error) {
 		if err != nil {
 			switch {
 			case ctx.Err() != nil:
-				return msgs, nil
-			case len(msgs) > 0 && !time.Now().Before(deadline):
-				return msgs, nil
+				return nil
+			case !deadline.IsZero() && !p.now().Before(deadline):
+				return nil
 			case errors.Is(err, io.EOF):
-				return msgs, fmt.Errorf("events reader closed: %w", err)
+				return fmt.Errorf("events reader closed: %w", err)
 			}
 			p.log.Warn("fetching from the events topic failed; the reader retries", "err", err)
 			if !sleep(ctx, fetchErrorPause) {
-				return msgs, nil
+				return nil
 			}
 			continue
 		}
-		if len(msgs) == 0 {
-			deadline = time.Now().Add(p.cfg.FlushInterval)
+		if n == 0 {
+			if d := p.now().Add(p.cfg.FlushInterval); deadline.IsZero() || d.Before(deadline) {
+				deadline = d
+			}
 		}
-		tp := topicPartition{m.Topic, m.Partition}
-		l := p.lag[tp]
-		if l == nil {
-			// Until the first commit, the first offset fetched is the best
-			// guess of the committed one.
-			l = &partitionLag{next: m.Offset}
-			p.lag[tp] = l
-		}
-		l.highWaterMark = m.HighWaterMark
-		p.setLag(tp, l)
-		msgs = append(msgs, m)
+		n++
+		p.add(m)
 	}
-	return msgs, nil
+	return nil
+}
+
+// add decodes m into a pending entry.
+func (p *pipeline) add(m kafka.Message) {
+	tp := topicPartition{m.Topic, m.Partition}
+	if off, ok := p.fetched[tp]; !ok || m.Offset > off {
+		p.fetched[tp] = m.Offset
+	}
+	l := p.lag[tp]
+	if l == nil {
+		// Until the first commit, the first offset fetched is the best
+		// guess of the committed one.
+		l = &partitionLag{next: m.Offset}
+		p.lag[tp] = l
+	}
+	l.highWaterMark = m.HighWaterMark
+	p.setLag(tp, l)
+
+	p.seq++
+	e := &entry{msg: m, fetchedAt: p.now(), seq: p.seq}
+	p.pending = append(p.pending, e)
+	ev, err := decodeEvent(m.Value, p.cfg.MaxEventBytes)
+	if err != nil {
+		var inv *contract.InvalidError
+		if !errors.As(err, &inv) {
+			inv = &contract.InvalidError{Reason: contract.ReasonSchema, Detail: err.Error()}
+		}
+		p.log.Warn("malformed event; sending it to the dead-letter topic",
+			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", inv.Reason, "detail", inv.Detail)
+		dl := newDeadLetter(m, inv, time.Now())
+		e.dead = &dl
+		p.m.events.WithLabelValues(outcomeDeadLetter).Inc()
+		return
+	}
+	if ev.RunID != contract.LiveRun {
+		p.m.events.WithLabelValues(outcomeNotLive).Inc()
+		return
+	}
+	if !adapterMatches(p.cfg.Adapter, ev.Adapter) {
+		p.m.events.WithLabelValues(outcomeOtherAdapter).Inc()
+		return
+	}
+	e.ev, e.key = &ev, convKey{ev.Tenant, ev.ConversationID}
+}
+
+// sourceKey is a conversation on one source partition: where source
+// offsets compare.
+type sourceKey struct {
+	conv      convKey
+	topic     string
+	partition int
+}
+
+func (e *entry) sourceKey() sourceKey {
+	return sourceKey{e.key, e.ev.Source.Topic, e.ev.Source.Partition}
+}
+
+// takeReady removes from the pending list the entries whose wait is over
+// (all of them when final), the oldest beyond MaxPending, and the pending
+// events of earlier messages of the conversations those hold.
+func (p *pipeline) takeReady(final bool) []*entry {
+	now := p.now()
+	k := 0
+	for k < len(p.pending) {
+		e := p.pending[k]
+		if !final && p.cfg.ReorderWindow > 0 && e.fetchedAt.Add(p.cfg.ReorderWindow).After(now) && k >= len(p.pending)-p.cfg.MaxPending {
+			break
+		}
+		k++
+	}
+	if k == 0 {
+		return nil
+	}
+	ready := p.pending[:k:k]
+	upTo := map[sourceKey]int64{}
+	for _, e := range ready {
+		if e.ev != nil {
+			sk := e.sourceKey()
+			if off, ok := upTo[sk]; !ok || e.ev.Source.Offset > off {
+				upTo[sk] = e.ev.Source.Offset
+			}
+		}
+	}
+	var rest []*entry
+	for _, e := range p.pending[k:] {
+		if e.ev != nil {
+			if off, ok := upTo[e.sourceKey()]; ok && e.ev.Source.Offset <= off {
+				ready = append(ready, e)
+				continue
+			}
+		}
+		rest = append(rest, e)
+	}
+	p.pending = rest
+	return ready
 }
 
 // processBatch runs the steps; if ctx ends first, it tries again bounded by
 // DrainTimeout, so that a shutdown keeps the work already fetched.
-func (p *pipeline) processBatch(ctx context.Context, msgs []kafka.Message) error {
+func (p *pipeline) processBatch(ctx context.Context, ready []*entry) error {
 	start := time.Now()
-	b := p.prepare(msgs)
+	b := p.prepare(ready)
 	if ctx.Err() == nil {
 		err := p.steps(ctx, b)
 		if err == nil || ctx.Err() == nil {
@@ -167,65 +304,84 @@ func (p *pipeline) processBatch(ctx context.Context, msgs []kafka.Message) error
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DrainTimeout)
 	defer cancel()
 	if err := p.steps(drainCtx, b); err != nil {
-		return fmt.Errorf("shutting down: %d fetched events not processed or not committed (they will be delivered again): %w", len(msgs), err)
+		return fmt.Errorf("shutting down: %d fetched events not processed or not committed (they will be delivered again): %w", len(ready), err)
 	}
-	p.log.Info("processed and committed the last batch", "events", len(msgs))
+	p.log.Info("processed and committed the last events", "events", len(ready))
 	return nil
 }
 
-// batch is one fetch's work; the done flags let a drain skip the steps a
+// batch is one round's work; the done flags let a drain skip the steps a
 // cancelled attempt finished.
 type batch struct {
-	msgs        []kafka.Message
-	events      []keyedEvent
+	events      []*entry // to apply, each conversation in source order
 	deadLetters []kafka.Message
 	keys        []convKey
+	// commit is the next offset to commit per partition.
+	commit map[topicPartition]int64
 
-	applied    bool
-	alerts     []Alert
-	dirty      map[convKey]*convState
-	dlqWritten bool
-	published  bool
-	stored     bool
-	stateSaved bool
+	applied bool
+	alerts  []Alert
+	dirty   map[convKey]*convState
+	// withOutbox are the conversations whose saved state holds alerts.
+	withOutbox    []convKey
+	stateSaved    bool
+	dlqWritten    bool
+	published     bool
+	stored        bool
+	outboxCleared bool
 }
 
-type keyedEvent struct {
-	key convKey
-	ev  contract.EmotionEvent
-}
-
-// prepare decodes and filters msgs.
-func (p *pipeline) prepare(msgs []kafka.Message) *batch {
-	b := &batch{msgs: msgs}
+// prepare orders the ready entries and works out the commit: per
+// partition, up to the oldest entry still pending, or past the newest
+// fetched.
+func (p *pipeline) prepare(ready []*entry) *batch {
+	b := &batch{commit: map[topicPartition]int64{}}
 	seen := map[convKey]bool{}
-	for _, m := range msgs {
-		ev, err := decodeEvent(m.Value, p.cfg.MaxEventBytes)
-		if err != nil {
-			var inv *contract.InvalidError
-			if !errors.As(err, &inv) {
-				inv = &contract.InvalidError{Reason: contract.ReasonSchema, Detail: err.Error()}
+	for _, e := range ready {
+		switch {
+		case e.dead != nil:
+			b.deadLetters = append(b.deadLetters, *e.dead)
+		case e.ev != nil:
+			b.events = append(b.events, e)
+			if !seen[e.key] {
+				seen[e.key] = true
+				b.keys = append(b.keys, e.key)
 			}
-			p.log.Warn("malformed event; sending it to the dead-letter topic",
-				"topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", inv.Reason, "detail", inv.Detail)
-			b.deadLetters = append(b.deadLetters, newDeadLetter(m, inv, time.Now()))
-			p.m.events.WithLabelValues(outcomeDeadLetter).Inc()
-			continue
 		}
-		if ev.RunID != contract.LiveRun {
-			p.m.events.WithLabelValues(outcomeNotLive).Inc()
-			continue
+	}
+	slices.SortStableFunc(b.events, func(x, y *entry) int {
+		a, c := x.ev, y.ev
+		return cmp.Or(cmp.Compare(a.Tenant, c.Tenant), cmp.Compare(a.ConversationID, c.ConversationID),
+			cmp.Compare(a.Source.Topic, c.Source.Topic), cmp.Compare(a.Source.Partition, c.Source.Partition),
+			cmp.Compare(a.Source.Offset, c.Source.Offset))
+	})
+	// An event fetched after one of its conversation's events that it now
+	// precedes would have been late without the window.
+	var minSeq int64 = math.MaxInt64
+	for i := len(b.events) - 1; i >= 0; i-- {
+		if i+1 < len(b.events) && b.events[i+1].key != b.events[i].key {
+			minSeq = math.MaxInt64
 		}
-		if !adapterMatches(p.cfg.Adapter, ev.Adapter) {
-			p.m.events.WithLabelValues(outcomeOtherAdapter).Inc()
-			continue
+		if b.events[i].seq > minSeq {
+			p.m.reordered.Inc()
 		}
-		k := convKey{ev.Tenant, ev.ConversationID}
-		if !seen[k] {
-			seen[k] = true
-			b.keys = append(b.keys, k)
+		minSeq = min(minSeq, b.events[i].seq)
+	}
+	oldest := map[topicPartition]int64{}
+	for _, e := range p.pending {
+		tp := topicPartition{e.msg.Topic, e.msg.Partition}
+		if off, ok := oldest[tp]; !ok || e.msg.Offset < off {
+			oldest[tp] = e.msg.Offset
 		}
-		b.events = append(b.events, keyedEvent{key: k, ev: ev})
+	}
+	for tp, last := range p.fetched {
+		next := last + 1
+		if off, ok := oldest[tp]; ok {
+			next = off
+		}
+		if next > p.committed[tp] {
+			b.commit[tp] = next
+		}
 	}
 	return b
 }
@@ -250,17 +406,37 @@ func (p *pipeline) steps(ctx context.Context, b *batch) error {
 			return err
 		}
 		b.dirty = map[convKey]*convState{}
-		for i := range b.events {
-			ke := &b.events[i]
-			st := states[ke.key]
-			outcome, alerts := p.rules.apply(st, &ke.ev)
+		b.alerts = nil
+		for _, k := range b.keys {
+			// Alerts saved by an alerter that stopped before it cleared
+			// them: publish them again.
+			if st := states[k]; len(st.Outbox) > 0 {
+				b.alerts = append(b.alerts, st.Outbox...)
+				b.dirty[k] = st
+			}
+		}
+		for _, e := range b.events {
+			st := states[e.key]
+			outcome, alerts := p.rules.apply(st, e.ev)
 			p.m.events.WithLabelValues(string(outcome)).Inc()
 			if outcome == Applied {
-				b.dirty[ke.key] = st
+				b.dirty[e.key] = st
 			}
+			st.Outbox = append(st.Outbox, alerts...)
 			b.alerts = append(b.alerts, alerts...)
 		}
+		for k, st := range b.dirty {
+			if len(st.Outbox) > 0 {
+				b.withOutbox = append(b.withOutbox, k)
+			}
+		}
 		b.applied = true
+	}
+	if len(b.dirty) > 0 && !b.stateSaved {
+		if err := p.save(ctx, "save_state", b.dirty); err != nil {
+			return err
+		}
+		b.stateSaved = true
 	}
 	if len(b.deadLetters) > 0 && !b.dlqWritten {
 		if err := p.retry(ctx, "dead_letters", func(ctx context.Context) error {
@@ -300,38 +476,52 @@ func (p *pipeline) steps(ctx context.Context, b *batch) error {
 		}
 		b.stored = true
 	}
-	if len(b.dirty) > 0 && !b.stateSaved {
-		var stale int
-		if err := p.retry(ctx, "save_state", func(ctx context.Context) (err error) {
-			stale, err = p.states.Save(ctx, b.dirty)
-			return err
-		}); err != nil {
+	if len(b.withOutbox) > 0 && !b.outboxCleared {
+		cleared := map[convKey]*convState{}
+		for _, k := range b.withOutbox {
+			st := b.dirty[k]
+			st.Outbox = nil
+			cleared[k] = st
+		}
+		if err := p.save(ctx, "clear_outbox", cleared); err != nil {
 			return err
 		}
-		b.stateSaved = true
-		if stale > 0 {
-			p.m.staleSaves.Add(float64(stale))
-			p.log.Warn("conversation states already further on in Redis were kept (a rebalance moved their partition)", "conversations", stale)
-		}
+		b.outboxCleared = true
 	}
 	return p.commit(ctx, b)
 }
 
-// commit commits the highest offset of each partition in b. A failed commit
-// is not retried: the next batch's commit covers the same partitions, and
-// until then the events are merely delivered again (and change nothing).
-// It fails only if ctx ended, so that a shutdown retries it.
-func (p *pipeline) commit(ctx context.Context, b *batch) error {
-	last := map[topicPartition]int64{}
-	for _, m := range b.msgs {
-		k := topicPartition{m.Topic, m.Partition}
-		if off, ok := last[k]; !ok || m.Offset > off {
-			last[k] = m.Offset
-		}
+// save stores states, retrying.
+func (p *pipeline) save(ctx context.Context, step string, states map[convKey]*convState) error {
+	if len(states) == 0 {
+		return nil
 	}
-	msgs := make([]kafka.Message, 0, len(last))
-	for k, off := range last {
-		msgs = append(msgs, kafka.Message{Topic: k.topic, Partition: k.partition, Offset: off})
+	var stale int
+	if err := p.retry(ctx, step, func(ctx context.Context) (err error) {
+		stale, err = p.states.Save(ctx, states)
+		return err
+	}); err != nil {
+		return err
+	}
+	if stale > 0 {
+		p.m.staleSaves.Add(float64(stale))
+		p.log.Warn("conversation states already further on in Redis were kept (a rebalance moved their partition)", "conversations", stale)
+	}
+	return nil
+}
+
+// commit commits b's offsets. A failed commit is not retried: the next
+// round's commit covers the same partitions, and until then the events are
+// merely delivered again (and change nothing). It fails only if ctx ended,
+// so that a shutdown retries it.
+func (p *pipeline) commit(ctx context.Context, b *batch) error {
+	if len(b.commit) == 0 {
+		return nil
+	}
+	msgs := make([]kafka.Message, 0, len(b.commit))
+	for tp, next := range b.commit {
+		// CommitMessages commits the offset after the message's.
+		msgs = append(msgs, kafka.Message{Topic: tp.topic, Partition: tp.partition, Offset: next - 1})
 	}
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.StepTimeout)
 	defer cancel()
@@ -343,9 +533,10 @@ func (p *pipeline) commit(ctx context.Context, b *batch) error {
 		p.log.Warn("committing offsets failed; the events may be delivered again", "err", err)
 		return nil
 	}
-	for tp, off := range last {
-		if l := p.lag[tp]; l != nil && off+1 > l.next {
-			l.next = off + 1
+	for tp, next := range b.commit {
+		p.committed[tp] = next
+		if l := p.lag[tp]; l != nil && next > l.next {
+			l.next = next
 			p.setLag(tp, l)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -44,11 +45,12 @@ func (s *fakeSource) CommitMessages(_ context.Context, msgs ...kafka.Message) er
 	return nil
 }
 
-// fakeStates keeps states as JSON, like Redis; Save fails while failSave.
+// fakeStates keeps states as JSON, like Redis. While failClear, a save
+// that would empty a stored outbox fails.
 type fakeStates struct {
-	mu       sync.Mutex
-	saved    map[convKey][]byte
-	failSave bool
+	mu        sync.Mutex
+	saved     map[convKey][]byte
+	failClear bool
 }
 
 func (f *fakeStates) Load(_ context.Context, keys []convKey) (map[convKey]*convState, error) {
@@ -70,8 +72,14 @@ func (f *fakeStates) Load(_ context.Context, keys []convKey) (map[convKey]*convS
 func (f *fakeStates) Save(_ context.Context, states map[convKey]*convState) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.failSave {
-		return 0, errors.New("redis is down")
+	if f.failClear {
+		for k, st := range states {
+			var stored convState
+			_ = json.Unmarshal(f.saved[k], &stored)
+			if len(stored.Outbox) > 0 && len(st.Outbox) == 0 {
+				return 0, errors.New("redis is down")
+			}
+		}
 	}
 	for k, st := range states {
 		raw, _ := json.Marshal(st)
@@ -80,11 +88,34 @@ func (f *fakeStates) Save(_ context.Context, states map[convKey]*convState) (int
 	return 0, nil
 }
 
-type recordingWriter struct{ msgs []kafka.Message }
+// recordingWriter records what it writes; while failing, it fails.
+type recordingWriter struct {
+	msgs    []kafka.Message
+	failing bool
+}
 
 func (w *recordingWriter) WriteMessages(_ context.Context, msgs ...kafka.Message) error {
+	if w.failing {
+		return errors.New("kafka is down")
+	}
 	w.msgs = append(w.msgs, msgs...)
 	return nil
+}
+
+// published returns the alerts written, decoded, and their raw values.
+func (w *recordingWriter) published(t *testing.T) ([]Alert, []string) {
+	t.Helper()
+	var out []Alert
+	var raw []string
+	for _, m := range w.msgs {
+		var a Alert
+		if err := json.Unmarshal(m.Value, &a); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, a)
+		raw = append(raw, string(m.Value))
+	}
+	return out, raw
 }
 
 type recordingStore struct{ alerts []Alert }
@@ -112,17 +143,17 @@ func newHarness(t *testing.T) *harness {
 		alerts: &recordingWriter{}, deadLetters: &recordingWriter{}, store: &recordingStore{}, m: m}
 }
 
-// run processes src until it is exhausted or ctx ends.
+func (h *harness) pipeline(src messageSource, adapter string, window time.Duration) *pipeline {
+	return newPipeline(pipelineConfig{BatchSize: 4, FlushInterval: time.Second, StepTimeout: time.Second,
+		DrainTimeout: 50 * time.Millisecond, MaxEventBytes: 4096, Adapter: adapter, ReorderWindow: window,
+		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Millisecond) }},
+		h.rules, src, h.states, h.store, h.alerts, h.deadLetters, h.m, func(string, error) {}, slog.New(slog.DiscardHandler))
+}
+
+// run processes src until it is exhausted or ctx ends, without a reorder
+// window.
 func (h *harness) run(ctx context.Context, src *fakeSource, adapter string) error {
-	p := &pipeline{
-		cfg: pipelineConfig{BatchSize: 4, FlushInterval: time.Second, StepTimeout: time.Second,
-			DrainTimeout: 50 * time.Millisecond, MaxEventBytes: 4096, Adapter: adapter,
-			Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Millisecond) }},
-		rules: h.rules, src: src, states: h.states, store: h.store, alerts: h.alerts, deadLetters: h.deadLetters,
-		m: h.m, health: func(string, error) {}, log: slog.New(slog.DiscardHandler),
-		lag: map[topicPartition]*partitionLag{},
-	}
-	return p.run(ctx)
+	return h.pipeline(src, adapter, 0).run(ctx)
 }
 
 // topicOf turns events into the messages of one events partition.
@@ -136,50 +167,47 @@ func topicOf(evs []contract.EmotionEvent) []kafka.Message {
 	return msgs
 }
 
-func TestCrashBeforeTheStateIsSavedRepublishesTheSameAlerts(t *testing.T) {
+func TestCrashBetweenTheSaveAndThePublishPublishesTheSavedAlerts(t *testing.T) {
 	h := newHarness(t)
 	msgs := topicOf(append(conversation("a", angryTwice.labels...), conversation("b", turningAngry.labels...)...))
 
-	// First run: the state cannot be saved, so nothing is committed; the
-	// alerts of the first batches were published and stored already.
-	h.states.failSave = true
+	// First run: the first batch (a-m0..a-m3) opens two episodes at a-m3;
+	// the state is saved with them, then publishing fails until the
+	// alerter stops: nothing published, nothing committed.
+	h.alerts.failing = true
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	src := &fakeSource{msgs: msgs, commits: true}
 	if err := h.run(ctx, src, ""); err == nil {
-		t.Fatal("a run that could not save its state returned no error")
+		t.Fatal("a run that could not publish returned no error")
 	}
-	if src.committed != 0 || len(h.alerts.msgs) == 0 {
-		t.Fatalf("first run committed %d, published %d alerts; want nothing committed and some alerts", src.committed, len(h.alerts.msgs))
+	var st convState
+	_ = json.Unmarshal(h.states.saved[convKey{"acme", "a"}], &st)
+	if src.committed != 0 || len(h.alerts.msgs) != 0 || len(st.Outbox) != 2 || st.Offset != 6 {
+		t.Fatalf("first run: committed %d, published %d, saved state at %d with %d alerts in its outbox; want 0, 0, 6, 2",
+			src.committed, len(h.alerts.msgs), st.Offset, len(st.Outbox))
 	}
-	first := append([]kafka.Message(nil), h.alerts.msgs...)
 	lag := h.m.consumerLag.WithLabelValues("events", "0")
 	if got := testutil.ToFloat64(lag); got == 0 {
 		t.Error("consumer lag is 0 while nothing was committed")
 	}
 
-	// The restart gets everything again and must publish the same alerts,
-	// byte for byte, then the rest.
-	h.states.failSave = false
+	// The restart gets everything again: the first batch's events change
+	// nothing, but the saved alerts are published; then the rest.
+	h.alerts.failing = false
 	src = &fakeSource{msgs: msgs, commits: true}
 	if err := h.run(context.Background(), src, ""); !errors.Is(err, io.EOF) {
 		t.Fatalf("second run = %v, want the end of the source", err)
 	}
-	again := h.alerts.msgs[len(first):]
-	for i := range first {
-		if string(first[i].Value) != string(again[i].Value) {
-			t.Fatalf("alert %d after the restart differs:\n%s\n%s", i, first[i].Value, again[i].Value)
-		}
+	alerts, _ := h.alerts.published(t)
+	var at []string
+	for _, a := range alerts {
+		at = append(at, a.Rule+"@"+a.MessageID)
 	}
-	ids := map[string]bool{}
-	for _, m := range h.alerts.msgs {
-		var a Alert
-		_ = json.Unmarshal(m.Value, &a)
-		ids[a.AlertID] = true
-	}
-	// a: both rules twice; b: both rules once.
-	if len(ids) != 6 || len(again) != 6 {
-		t.Fatalf("%d distinct alerts, %d published by the second run; want 6 and 6", len(ids), len(again))
+	want := "customer-negative-share@a-m3,turned-negative@a-m3,customer-negative-share@a-m11,turned-negative@a-m11," +
+		"customer-negative-share@b-m4,turned-negative@b-m4"
+	if strings.Join(at, ",") != want {
+		t.Fatalf("published %v, want each alert once: %s", at, want)
 	}
 	if src.committed != int64(len(msgs)) {
 		t.Fatalf("committed %d of %d", src.committed, len(msgs))
@@ -187,9 +215,15 @@ func TestCrashBeforeTheStateIsSavedRepublishesTheSameAlerts(t *testing.T) {
 	if got := testutil.ToFloat64(lag); got != 0 {
 		t.Errorf("consumer lag %v after everything was committed, want 0", got)
 	}
+	for k, raw := range h.states.saved {
+		var st convState
+		if err := json.Unmarshal(raw, &st); err != nil || len(st.Outbox) != 0 {
+			t.Errorf("state of %v keeps an outbox after its alerts were published: %s", k, raw)
+		}
+	}
 
-	// A crash after the save but before the commit: everything comes
-	// again, and nothing alerts.
+	// A crash after the commit failed: everything comes again, and nothing
+	// alerts.
 	before := len(h.alerts.msgs)
 	src = &fakeSource{msgs: msgs}
 	if err := h.run(context.Background(), src, ""); !errors.Is(err, io.EOF) {
@@ -198,14 +232,139 @@ func TestCrashBeforeTheStateIsSavedRepublishesTheSameAlerts(t *testing.T) {
 	if n := len(h.alerts.msgs) - before; n != 0 {
 		t.Fatalf("redelivered events after the save published %d alerts", n)
 	}
-	// The last event of each conversation is at its saved offset
-	// (duplicate), the others below it (late).
-	dup, late := testutil.ToFloat64(h.m.events.WithLabelValues(string(Duplicate))), testutil.ToFloat64(h.m.events.WithLabelValues(string(Late)))
-	if dup != 2 || late != float64(len(msgs)-2) {
-		t.Errorf("third run: %v duplicate and %v late events, want 2 and %d", dup, late, len(msgs)-2)
+}
+
+func TestCrashBetweenThePublishAndTheClearRepublishesTheSameAlerts(t *testing.T) {
+	h := newHarness(t)
+	msgs := topicOf(append(conversation("a", angryTwice.labels...), conversation("b", turningAngry.labels...)...))
+	h.states.failClear = true
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	src := &fakeSource{msgs: msgs, commits: true}
+	if err := h.run(ctx, src, ""); err == nil {
+		t.Fatal("a run that could not clear its outbox returned no error")
 	}
-	if want := len(first) + 6; len(h.store.alerts) != want {
-		t.Errorf("%d alert rows inserted, want %d (the first run's again; alerts_dedup shows 6)", len(h.store.alerts), want)
+	_, first := h.alerts.published(t)
+	if len(first) != 2 || src.committed != 0 {
+		t.Fatalf("first run published %d alerts and committed %d; want 2 and nothing", len(first), src.committed)
+	}
+	h.states.failClear = false
+	src = &fakeSource{msgs: msgs, commits: true}
+	if err := h.run(context.Background(), src, ""); !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	alerts, raw := h.alerts.published(t)
+	ids := map[string]bool{}
+	for _, a := range alerts {
+		ids[a.AlertID] = true
+	}
+	// The two alerts again, byte for byte, then the four others.
+	if len(raw) != 8 || raw[2] != first[0] || raw[3] != first[1] || len(ids) != 6 {
+		t.Fatalf("published %d alerts (%d distinct); want the first two again, then the other four", len(raw), len(ids))
+	}
+	if len(h.store.alerts) != 8 {
+		t.Errorf("%d alert rows inserted, want 8 (two twice; alerts_dedup shows 6)", len(h.store.alerts))
+	}
+}
+
+// clockSource serves messages and moves a fake clock on at each fetch.
+type clockSource struct {
+	fakeSource
+	now  *time.Time
+	step time.Duration
+}
+
+func (s *clockSource) FetchMessage(ctx context.Context) (kafka.Message, error) {
+	*s.now = s.now.Add(s.step)
+	return s.fakeSource.FetchMessage(ctx)
+}
+
+func TestReorderWindowAppliesLateEventsInMessageOrder(t *testing.T) {
+	evs := conversation("t", turningAngry.labels...)
+	// m4's event is published before m3's: in message order the run rule
+	// alerts at m4; with m3 skipped as late, at m5 instead.
+	evs[3], evs[4] = evs[4], evs[3]
+	var filler []contract.EmotionEvent
+	for _, c := range []string{"x", "y", "z"} {
+		filler = append(filler, conversation(c, stayingCalm.labels...)...)
+	}
+	// t-m4's event ends a fetch of 4, t-m3's starts the next.
+	all := append(append(filler[:8:8], evs...), filler[8:]...)
+	run := func(window time.Duration) ([]string, *harness) {
+		h := newHarness(t)
+		now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+		src := &clockSource{fakeSource: fakeSource{msgs: topicOf(all), commits: true}, now: &now, step: 10 * time.Millisecond}
+		p := h.pipeline(src, "", window)
+		p.now = func() time.Time { return now }
+		if err := p.run(context.Background()); !errors.Is(err, io.EOF) {
+			t.Fatal(err)
+		}
+		if src.committed != int64(len(all)) {
+			t.Fatalf("committed %d of %d", src.committed, len(all))
+		}
+		alerts, _ := h.alerts.published(t)
+		var at []string
+		for _, a := range alerts {
+			at = append(at, a.Rule+"@"+a.MessageID)
+		}
+		return at, h
+	}
+	// 50ms is five fetches: m3's event (fetched one after m4's) is pulled
+	// in with it.
+	at, h := run(50 * time.Millisecond)
+	if want := "customer-negative-share@t-m4,turned-negative@t-m4"; strings.Join(at, ",") != want {
+		t.Errorf("with a window: alerts %v, want %s", at, want)
+	}
+	if got := testutil.ToFloat64(h.m.reordered); got != 1 {
+		t.Errorf("reordered events %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(h.m.events.WithLabelValues(string(Late))); got != 0 {
+		t.Errorf("late events %v with a window, want 0", got)
+	}
+	at, h = run(0)
+	if want := "customer-negative-share@t-m5,turned-negative@t-m5"; strings.Join(at, ",") != want {
+		t.Errorf("without a window: alerts %v, want %s", at, want)
+	}
+	if got := testutil.ToFloat64(h.m.events.WithLabelValues(string(Late))); got != 1 {
+		t.Errorf("late events %v without a window, want 1", got)
+	}
+}
+
+func TestTakeReadyPullsInLateEventsAndCommitsBelowThePending(t *testing.T) {
+	h := newHarness(t)
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	p := h.pipeline(&fakeSource{}, "", time.Second)
+	p.now = func() time.Time { return now }
+	evs := conversation("c", "neutral", "joy", "anger", "anger")
+	other := conversation("o", "neutral", "joy")
+	// Fetched: c-m1 at 0s, o-m0 at 0.5s, c-m0 (late) at 0.6s, o-m1 and c-m3 at 0.9s.
+	fetch := []struct {
+		at time.Duration
+		ev contract.EmotionEvent
+	}{{0, evs[1]}, {500 * time.Millisecond, other[0]}, {600 * time.Millisecond, evs[0]}, {900 * time.Millisecond, other[1]}, {900 * time.Millisecond, evs[3]}}
+	start := now
+	for i, f := range fetch {
+		now = start.Add(f.at)
+		raw, _ := json.Marshal(f.ev)
+		p.add(kafka.Message{Topic: "events", Partition: 0, Offset: int64(10 + i), Value: raw})
+	}
+	now = start.Add(time.Second)
+	ready := p.takeReady(false)
+	var got []string
+	for _, e := range ready {
+		got = append(got, e.ev.MessageID)
+	}
+	// c-m1's wait is over; c-m0 comes with it; o-m0 and the others wait.
+	if strings.Join(got, ",") != "c-m1,c-m0" || len(p.pending) != 3 {
+		t.Fatalf("ready %v with %d pending; want c-m1,c-m0 and 3", got, len(p.pending))
+	}
+	b := p.prepare(ready)
+	if b.events[0].ev.MessageID != "c-m0" || b.commit[topicPartition{"events", 0}] != 11 {
+		t.Fatalf("applies %s first and commits up to %d; want c-m0 and 11 (o-m0 at offset 11 is pending)",
+			b.events[0].ev.MessageID, b.commit[topicPartition{"events", 0}])
+	}
+	if len(p.takeReady(true)) != 3 || len(p.pending) != 0 {
+		t.Fatal("a final round does not take everything")
 	}
 }
 

@@ -253,3 +253,27 @@ func TestShippedRulesFileIsValid(t *testing.T) {
 		t.Fatalf("rules %s", got)
 	}
 }
+
+func TestFoldIsTheAlerterOffline(t *testing.T) {
+	r := mustRules(t, testRules)
+	a, b := conversation("a", angryTwice.labels...), conversation("b", turningAngry.labels...)
+	// Interleaved, with a duplicate: the alerts of each conversation alone.
+	var mixed []contract.EmotionEvent
+	for i := range max(len(a), len(b)) {
+		if i < len(a) {
+			mixed = append(mixed, a[i], a[i])
+		}
+		if i < len(b) {
+			mixed = append(mixed, b[i])
+		}
+	}
+	var got []string
+	for _, al := range r.Fold(mixed) {
+		got = append(got, al.ConversationID+":"+al.Rule+"@"+al.MessageID)
+	}
+	want := "a:customer-negative-share@a-m3,a:turned-negative@a-m3,b:customer-negative-share@b-m4,b:turned-negative@b-m4," +
+		"a:customer-negative-share@a-m11,a:turned-negative@a-m11"
+	if strings.Join(got, ",") != want {
+		t.Fatalf("Fold = %v, want %s", got, want)
+	}
+}

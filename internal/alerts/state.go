@@ -70,6 +70,10 @@ type convState struct {
 	Messages  int64  `json:"messages"`
 	// Rules holds each rule's state by name.
 	Rules map[string]*ruleState `json:"rules,omitempty"`
+	// Outbox holds the alerts of the last applied events until they are
+	// published and stored: the decision is saved before its effects, so a
+	// crash in between publishes them again rather than deciding anew.
+	Outbox []Alert `json:"outbox,omitempty"`
 }
 
 // ruleState is one rule's state in one conversation.
@@ -221,4 +225,26 @@ func (c *compiledRule) applyRun(rs *ruleState, label string) (bool, Alert) {
 		return true, Alert{RunLength: rs.Run}
 	}
 	return false, Alert{}
+}
+
+// Fold applies events, in the order given, to fresh conversation states
+// (one per tenant and conversation), as the alerter applies the events it
+// consumes, and returns the alerts in order. Filtering by run and adapter
+// is the caller's. Given each conversation's events in source order, it is
+// what the alerter decides offline: a stream without late events gives the
+// same alerts.
+func (r *Rules) Fold(events []contract.EmotionEvent) []Alert {
+	states := map[convKey]*convState{}
+	var out []Alert
+	for i := range events {
+		k := convKey{events[i].Tenant, events[i].ConversationID}
+		st := states[k]
+		if st == nil {
+			st = &convState{}
+			states[k] = st
+		}
+		_, alerts := r.apply(st, &events[i])
+		out = append(out, alerts...)
+	}
+	return out
 }

@@ -88,14 +88,15 @@ func (s *redisStates) Load(ctx context.Context, keys []convKey) (map[convKey]*co
 	return out, nil
 }
 
-// saveScript writes the state unless the stored one is at or past the same
+// saveScript writes the state unless the stored one is past the same
 // source partition's offset: a state never goes back, even if an alerter
 // that lost the partition in a rebalance saves after the new owner did.
+// (At the same offset it writes: that is how an outbox is cleared.)
 var saveScript = `
 local p = redis.call('HGET', KEYS[1], 'p')
 if p == ARGV[1] then
   local o = tonumber(redis.call('HGET', KEYS[1], 'o'))
-  if o and o >= tonumber(ARGV[2]) then return 0 end
+  if o and o > tonumber(ARGV[2]) then return 0 end
 end
 redis.call('HSET', KEYS[1], 'p', ARGV[1], 'o', ARGV[2], 's', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
