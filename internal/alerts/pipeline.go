@@ -250,14 +250,19 @@ func (e *entry) sourceKey() sourceKey {
 }
 
 // takeReady removes from the pending list the entries whose wait is over
-// (all of them when final), the oldest beyond MaxPending, and the pending
-// events of earlier messages of the conversations those hold.
+// (all of them when final), the oldest BatchSize when the list is full,
+// and the pending events of earlier messages of the conversations those
+// hold.
 func (p *pipeline) takeReady(final bool) []*entry {
 	now := p.now()
+	forced := 0
+	if len(p.pending) >= p.cfg.MaxPending {
+		forced = len(p.pending) - p.cfg.MaxPending + p.cfg.BatchSize
+	}
 	k := 0
 	for k < len(p.pending) {
 		e := p.pending[k]
-		if !final && p.cfg.ReorderWindow > 0 && e.fetchedAt.Add(p.cfg.ReorderWindow).After(now) && k >= len(p.pending)-p.cfg.MaxPending {
+		if !final && p.cfg.ReorderWindow > 0 && e.fetchedAt.Add(p.cfg.ReorderWindow).After(now) && k >= forced {
 			break
 		}
 		k++

@@ -437,3 +437,22 @@ func TestAdapterFilter(t *testing.T) {
 		}
 	}
 }
+
+func TestAFullPendingListAppliesItsOldest(t *testing.T) {
+	h := newHarness(t)
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	p := h.pipeline(&fakeSource{}, "", time.Hour)
+	p.cfg.MaxPending = 10
+	p.now = func() time.Time { return now }
+	for i, ev := range conversation("c", stayingCalm.labels[:10]...) {
+		raw, _ := json.Marshal(ev)
+		p.add(kafka.Message{Topic: "events", Partition: 0, Offset: int64(i), Value: raw})
+	}
+	if err := p.fetch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing waited an hour, but the list is full: the oldest batch goes.
+	if ready := p.takeReady(false); len(ready) != 4 || ready[0].msg.Offset != 0 || len(p.pending) != 6 {
+		t.Fatalf("%d ready (first at %d), %d pending; want the oldest 4 and 6", len(ready), ready[0].msg.Offset, len(p.pending))
+	}
+}
