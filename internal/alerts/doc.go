@@ -4,7 +4,10 @@
 // alert to the alerts topic, and stores it in ClickHouse, when a
 // conversation turns: an escalation rule of the rules file opens an
 // episode. Rules advance in the conversation's message order (the chat
-// message's source offset), count live events only, never count a message
-// twice, and alert once per episode (hysteresis). Alert ids are
-// deterministic, so a redelivered alert is the same alert.
+// message's source offset; a reorder window puts events published out of
+// order back in order), count live events only, never count a message
+// twice, and alert once per episode (hysteresis). A state is saved with the
+// alerts it opened before they are published, and alert ids are
+// deterministic, so a redelivery or a restart publishes the same alert, never
+// a second one.
 package alerts
