@@ -537,6 +537,44 @@ func TestAlerterKilledMidRunAlertsExactlyOnce(t *testing.T) {
 		return in.committedToTheEnd(t)
 	})
 
+	in.checkEachAlertOnce(t, tr)
+
+	// Malformed events went to the dead-letter topic with their reason.
+	dlq := in.readTopic(t, in.deadLetter)
+	reasons := map[string]int{}
+	for _, m := range dlq {
+		for _, h := range m.Headers {
+			if h.Key == contract.HeaderReason {
+				reasons[string(h.Value)]++
+			}
+		}
+	}
+	// A kill can repeat a dead letter; each malformed event is there.
+	if len(dlq) < tr.malformed || reasons[string(contract.ReasonMalformedJSON)] != len(dlq) {
+		t.Errorf("dead letters: %d with reasons %v, want %d malformed_json", len(dlq), reasons, tr.malformed)
+	}
+
+	// The long conversation's state is bounded and expires.
+	st, raw := in.longConvState(t, tr.longConv)
+	ttl := in.rdb.TTL(context.Background(), (&redisStates{prefix: in.prefix}).key(convKey{"acme", tr.longConv})).Val()
+	if st.Messages != 2000 || len(raw) > 512 || ttl <= 0 {
+		t.Errorf("long conversation state: %d messages, %d bytes, ttl %s; want 2000 messages in at most 512 bytes with a TTL: %s",
+			st.Messages, len(raw), ttl, raw)
+	}
+
+	if err := alerter.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := alerter.wait(t, 60*time.Second); err != nil {
+		t.Errorf("the last alerter exited with %v after SIGTERM, want 0", err)
+	}
+}
+
+// checkEachAlertOnce checks that alerts_dedup holds exactly the expected
+// alerts, each once, and that the alerts topic holds exactly their ids,
+// every copy of an alert the same bytes and as the script expects.
+func (in *integration) checkEachAlertOnce(t *testing.T, tr traffic) {
+	t.Helper()
 	// ClickHouse: exactly the expected alerts, each once in alerts_dedup.
 	ids := in.dedupIDs(t)
 	for id, n := range ids {
@@ -584,35 +622,6 @@ func TestAlerterKilledMidRunAlertsExactlyOnce(t *testing.T) {
 	t.Logf("alerts topic: %d distinct alerts, %d redelivered copies; alerts table: %d rows",
 		len(byID), copies, in.queryCount(t, "SELECT count() FROM "+in.database+".alerts"))
 
-	// Malformed events went to the dead-letter topic with their reason.
-	dlq := in.readTopic(t, in.deadLetter)
-	reasons := map[string]int{}
-	for _, m := range dlq {
-		for _, h := range m.Headers {
-			if h.Key == contract.HeaderReason {
-				reasons[string(h.Value)]++
-			}
-		}
-	}
-	// A kill can repeat a dead letter; each malformed event is there.
-	if len(dlq) < tr.malformed || reasons[string(contract.ReasonMalformedJSON)] != len(dlq) {
-		t.Errorf("dead letters: %d with reasons %v, want %d malformed_json", len(dlq), reasons, tr.malformed)
-	}
-
-	// The long conversation's state is bounded and expires.
-	st, raw := in.longConvState(t, tr.longConv)
-	ttl := in.rdb.TTL(context.Background(), (&redisStates{prefix: in.prefix}).key(convKey{"acme", tr.longConv})).Val()
-	if st.Messages != 2000 || len(raw) > 512 || ttl <= 0 {
-		t.Errorf("long conversation state: %d messages, %d bytes, ttl %s; want 2000 messages in at most 512 bytes with a TTL: %s",
-			st.Messages, len(raw), ttl, raw)
-	}
-
-	if err := alerter.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := alerter.wait(t, 60*time.Second); err != nil {
-		t.Errorf("the last alerter exited with %v after SIGTERM, want 0", err)
-	}
 }
 
 func (in *integration) queryCount(t *testing.T, query string) uint64 {
@@ -694,4 +703,76 @@ func TestBadRulesFileStopsTheAlerterWithAConfigurationError(t *testing.T) {
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "-rules is required") {
 		t.Fatalf("Run without -rules = %v, want a configuration error", err)
 	}
+}
+
+func TestTwoAlertersShareThePartitionsAndOneIsKilled(t *testing.T) {
+	in := newIntegration(t)
+	bin := buildAlerter(t)
+	tr := buildTraffic(40)
+	args := in.args("-batch-size=50", "-flush-interval=20ms")
+	produced := in.produceSlowly(t, tr.msgs, 50, 100*time.Millisecond)
+	onTopic := in.watchTopic(t, in.alerts)
+	a := startProcess(t, bin, args, "alerter a")
+	b := startProcess(t, bin, args, "alerter b")
+	// Once both members own partitions, kill one of them the moment the
+	// next alert appears: its partitions (and their conversations' states
+	// in Redis) move to the other.
+	waitUntil(t, 2*time.Minute, "both alerters owning partitions", func() (bool, string) {
+		return in.groupShared(t)
+	})
+	for len(onTopic) > 0 {
+		<-onTopic
+	}
+	select {
+	case <-onTopic:
+	case <-time.After(time.Minute):
+		t.Fatal("no alert on the topic for a minute")
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.wait(t, 30*time.Second)
+	st, _ := in.longConvState(t, tr.longConv)
+	if st.Messages >= 2000 {
+		t.Fatal("the kill came after every message was applied; the test proves nothing")
+	}
+	t.Logf("killed one of two alerters with %d alerts stored and the long conversation at %d messages", len(in.dedupIDs(t)), st.Messages)
+	if err := <-produced; err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 3*time.Minute, "every event consumed and committed by the survivor", func() (bool, string) {
+		return in.committedToTheEnd(t)
+	})
+	in.checkEachAlertOnce(t, tr)
+	if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.wait(t, 60*time.Second); err != nil {
+		t.Errorf("the surviving alerter exited with %v after SIGTERM, want 0", err)
+	}
+}
+
+// groupShared reports whether the alerters' group has two members that
+// both own partitions of the events topic.
+func (in *integration) groupShared(t *testing.T) (bool, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := in.kafkaClient().DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{in.group}})
+	if err != nil || len(resp.Groups) != 1 {
+		return false, fmt.Sprintf("describe group: %v", err)
+	}
+	owners := 0
+	var state []string
+	for _, m := range resp.Groups[0].Members {
+		n := 0
+		for _, tp := range m.MemberAssignments.Topics {
+			n += len(tp.Partitions)
+		}
+		if n > 0 {
+			owners++
+		}
+		state = append(state, fmt.Sprintf("%s: %d partitions", m.ClientHost, n))
+	}
+	return owners == 2, fmt.Sprintf("group %s: %v", resp.Groups[0].GroupState, state)
 }
