@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
 )
 
@@ -38,8 +40,12 @@ type config struct {
 
 	ClickHouseAddr     string
 	ClickHouseDatabase string
-	ClickHouseUser     string
-	ClickHousePassword string
+
+	// Kafka, Redis and ClickHouse are the connections' TLS, users and
+	// passwords (internal/secure).
+	Kafka      secure.Kafka
+	Redis      secure.Redis
+	ClickHouse secure.ClickHouse
 
 	BatchSize     int
 	FlushInterval time.Duration
@@ -72,8 +78,9 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.cfg.StateTTL, "state-ttl", 24*time.Hour, "a conversation state expires this long after its last message; the conversation then starts afresh")
 	fs.StringVar(&c.cfg.ClickHouseAddr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol addresses, comma-separated")
 	fs.StringVar(&c.cfg.ClickHouseDatabase, "clickhouse-database", "emoflow", "ClickHouse database whose alerts table (created by the sink's migrations) stores the alerts")
-	fs.StringVar(&c.cfg.ClickHouseUser, "clickhouse-user", "default", "ClickHouse user")
-	fs.StringVar(&c.cfg.ClickHousePassword, "clickhouse-password", "", "ClickHouse password (prefer the environment variable to the flag)")
+	c.cfg.Kafka.Register(fs)
+	c.cfg.Redis.Register(fs)
+	c.cfg.ClickHouse.Register(fs)
 	fs.IntVar(&c.cfg.BatchSize, "batch-size", 1000, "most events per batch (one state load, one publish, one insert, one state save, one commit)")
 	fs.DurationVar(&c.cfg.FlushInterval, "flush-interval", 200*time.Millisecond, "longest wait for a batch to fill after its first event")
 	fs.DurationVar(&c.cfg.ReorderWindow, "reorder-window", 2*time.Second, "how long an event waits before it is applied, so that events of earlier messages of its conversation published after it are applied first; alerts come this much later; 0: at once (such events are then skipped as late)")
@@ -131,10 +138,22 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		return err
 	}
 
-	rdb := newRedisClient(cfg.RedisAddr, cfg.StepTimeout)
+	kconn, err := cfg.Kafka.Connect()
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	redisOpts := redisOptions(cfg.RedisAddr, cfg.StepTimeout)
+	if err := cfg.Redis.Apply(redisOpts); err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	rdb := redis.NewClient(redisOpts)
 	defer rdb.Close()
 	states := &redisStates{rdb: rdb, prefix: cfg.RedisKeyPrefix, ttl: cfg.StateTTL}
-	conn, err := openClickHouse(splitList(cfg.ClickHouseAddr), cfg.ClickHouseUser, cfg.ClickHousePassword, cfg.StepTimeout)
+	chUser, chPassword, chTLS, err := cfg.ClickHouse.Credentials()
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	conn, err := openClickHouse(splitList(cfg.ClickHouseAddr), chUser, chPassword, chTLS, cfg.StepTimeout)
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
@@ -160,7 +179,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	}
 	brokers := splitList(cfg.KafkaBrokers)
 	if cfg.CreateTopics {
-		client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: cfg.StepTimeout}
+		client := kconn.Client(brokers, cfg.StepTimeout)
 		topics := []string{cfg.EventsTopic, cfg.AlertsTopic, cfg.DeadLetterTopic}
 		if err := startup("kafka topics", func(ctx context.Context) error {
 			return ensureTopics(ctx, client, topics, cfg.TopicPartitions, cfg.TopicReplicationFactor)
@@ -186,12 +205,14 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		WatchPartitionChanges: true,
 		// CommitInterval 0: CommitMessages commits before it returns.
 		ErrorLogger: kafkaErrors,
+		Dialer:      kconn.Dialer(0),
 	})
 	defer closeLogged(log, "events reader", reader.Close)
 	writer := func(topic string) *kafka.Writer {
 		return &kafka.Writer{
-			Addr:  kafka.TCP(brokers...),
-			Topic: topic,
+			Addr:      kafka.TCP(brokers...),
+			Transport: kconn.Transport(),
+			Topic:     topic,
 			// Keyed by conversation like the events, with the Java clients'
 			// partitioner.
 			Balancer:     &kafka.Murmur2Balancer{},

@@ -83,7 +83,7 @@ func TestCurrentClickHouseAlerts(t *testing.T) {
 	}
 
 	t.Run("same rows on 18.16", func(t *testing.T) {
-		conn, err := openClickHouse(splitList(testenv.ClickHouse(t)), "default", "", 30*time.Second)
+		conn, err := openClickHouse(splitList(testenv.ClickHouse(t)), "default", "", nil, 30*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -51,12 +51,12 @@ func newIntegration(t *testing.T) *integration {
 	if err := os.WriteFile(in.rulesPath, []byte(testRules), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := openClickHouse(splitList(in.clickhouse), "default", "", 30*time.Second)
+	conn, err := openClickHouse(splitList(in.clickhouse), "default", "", nil, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	in.conn = conn
-	in.rdb = newRedisClient(in.redisAddr, 10*time.Second)
+	in.rdb = redis.NewClient(redisOptions(in.redisAddr, 10*time.Second))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// The schema as the sink's migrations make it (the alerter only waits

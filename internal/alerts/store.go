@@ -2,6 +2,7 @@ package alerts
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -41,8 +42,10 @@ type redisStates struct {
 	ttl    time.Duration
 }
 
-func newRedisClient(addr string, timeout time.Duration) *redis.Client {
-	return redis.NewClient(&redis.Options{
+// redisOptions are the connection settings of the state store, before the
+// user, password and TLS (secure.Redis) are applied.
+func redisOptions(addr string, timeout time.Duration) *redis.Options {
+	return &redis.Options{
 		Addr:         addr,
 		DialTimeout:  timeout,
 		ReadTimeout:  timeout,
@@ -50,7 +53,7 @@ func newRedisClient(addr string, timeout time.Duration) *redis.Client {
 		PoolTimeout:  timeout,
 		// Redis 7 does not know the maintenance-notification handshake.
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-	})
+	}
 }
 
 // key is unambiguous whatever the ids hold: the tenant's length comes
@@ -161,10 +164,13 @@ type clickhouseAlerts struct {
 	now      func() time.Time
 }
 
-func openClickHouse(addrs []string, user, password string, timeout time.Duration) (driver.Conn, error) {
+// openClickHouse returns a connection pool (tlsCfg nil: plain TCP); it
+// connects lazily, so it works while ClickHouse is down.
+func openClickHouse(addrs []string, user, password string, tlsCfg *tls.Config, timeout time.Duration) (driver.Conn, error) {
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Addr: addrs,
 		Auth: clickhouse.Auth{Username: user, Password: password},
+		TLS:  tlsCfg,
 		// No Settings: a setting an older server rejects can leave the
 		// pooled connection hanging (see the sink).
 		DialTimeout:     timeout,
