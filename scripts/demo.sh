@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole pipeline on the local services with demo traffic:
-# classifier + ingest + sink, a producer of chat messages, then a report of
+# classifier + ingest + sink + alerter, a producer of chat messages, then a report of
 # what arrived in ClickHouse. Expects the services up and the binaries in
 # bin/ (./task demo does both). Options (environment):
 #   EMOFLOW_DEMO_MESSAGES  messages to send (2000)
@@ -74,9 +74,12 @@ start() { # name addr args...
 	return 1
 }
 
-say "Starting classifier, sink and ingest"
+say "Starting classifier, sink, alerter and ingest"
 start classifier 127.0.0.1:8080 -model-dir "$model" "${adapter_args[@]}"
 start sink 127.0.0.1:9102 -kafka-brokers "$kafka" -clickhouse-addr "127.0.0.1:$ch_port" -clickhouse-database "$db"
+# After the sink: its migrations create the alerts table the alerter waits for.
+start alerter 127.0.0.1:9103 -kafka-brokers "$kafka" -redis-addr "$redis" -clickhouse-addr "127.0.0.1:$ch_port" \
+	-clickhouse-database "$db" -rules deploy/alerts/rules.json -redis-key-prefix "emoflow:alerts:$db:"
 start ingest 127.0.0.1:9101 -kafka-brokers "$kafka" -redis-addr "$redis" -classifier-urls http://127.0.0.1:8080
 
 say "Producing $n chat messages"
@@ -104,6 +107,16 @@ q "SELECT count() AS rows, sum(cache_hit) AS cache_hits, round(quantile(0.5)(pip
 say "Agreement with the data sets' ground truth (this run, the default adapter)"
 q "SELECT countIf(label = true_label) AS agree, count() AS labelled, round(100 * agree / labelled, 1) AS pct FROM $db.events_dedup WHERE message_id LIKE '$run-%' AND true_label != '' FORMAT PrettyCompact"
 
+say "Escalation alerts (this run; rules: deploy/alerts/rules.json)"
+# The alerter trails the sink by a batch or so: wait until it has committed
+# every event it fetched (its consumer lag is 0 on every partition), at
+# most 30s.
+for _ in $(seq 1 60); do
+	curl -s 127.0.0.1:9103/metrics | awk '/^emoflow_alerter_consumer_lag\{/ {n++; s += $2} END {exit !(n > 0 && s == 0)}' && break
+	sleep 0.5
+done
+q "SELECT rule, count() AS alerts, uniqExact(conversation_id) AS conversations FROM $db.alerts_dedup WHERE message_id LIKE '$run-%' GROUP BY rule ORDER BY rule FORMAT PrettyCompact"
+
 if [ ${#adapter_args[@]} -gt 0 ]; then
 	say "The two adapters side by side (POST /v1/classify)"
 	for a in ekman-lora ekman-ptuning; do
@@ -117,7 +130,8 @@ cat <<EOF
 == Where to look next
   ClickHouse:   clickhouse-client --port $ch_port --query "SELECT * FROM $db.label_counts_per_minute ORDER BY minute DESC LIMIT 20"
   Events topic: kcat -b $kafka -t emotion.events -C -o -5 -e
-  Metrics:      curl -s http://127.0.0.1:8080/metrics | grep emoflow_   (classifier; ingest :9101, sink :9102 — while running)
+  Alerts topic: kcat -b $kafka -t emotion.alerts -C -o -5 -e   (and $db.alerts_dedup in ClickHouse)
+  Metrics:      curl -s http://127.0.0.1:8080/metrics | grep emoflow_   (classifier; ingest :9101, sink :9102, alerter :9103 — while running)
   Classify:     bin/classifier -model-dir $model ${adapter_args[*]}, then
                 curl -s -XPOST 127.0.0.1:8080/v1/classify -d '{"texts":["I love this!"]}'
   Logs:         .local/demo/*.log

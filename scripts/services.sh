@@ -138,7 +138,7 @@ start_redis() {
 	# result cache's user (its password stored as a SHA-256), limited to the
 	# cache's commands and to keys starting with emoflow.
 	printf '%s\n' "user default on nopass ~* &* +@all" \
-		"user emoflow on #$(sha256sum "$tls/redis.password" | cut -d' ' -f1) ~emoflow* resetchannels -@all +@connection +get +mget +set +del +exists +ttl +expire +zadd +zcard +zrangebyscore +zrevrangebyscore +zremrangebyrank" \
+		"user emoflow on #$(sha256sum "$tls/redis.password" | cut -d' ' -f1) ~emoflow* resetchannels -@all +@connection +get +mget +set +del +exists +ttl +expire +zadd +zcard +zrangebyscore +zrevrangebyscore +zremrangebyrank +hget +hset +pexpire +eval" \
 		>"$state/redis/users.acl"
 	setsid nohup redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
 		--dir "$state/redis" --daemonize no --aclfile "$state/redis/users.acl" \

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"fmt"
 
+	"github.com/emoflow/emoflow/internal/alerts"
 	"github.com/emoflow/emoflow/internal/classifier"
 	"github.com/emoflow/emoflow/internal/ingest"
 	"github.com/emoflow/emoflow/internal/service"
@@ -33,6 +34,7 @@ func Render() string {
 		{"ingest", ":9101", "consumes chat messages, classifies them (cache, classifier) and publishes emotion events", &ingest.Component{}},
 		{"classifier", "127.0.0.1:8080", "serves the model over HTTP with dynamic batching", &classifier.Component{}},
 		{"sink", ":9102", "stores emotion events in ClickHouse", &sink.Component{}},
+		{"alerter", ":9103", "publishes escalation alerts when a conversation turns (see [Escalation alerts](#escalation-alerts))", &alerts.Component{}},
 	} {
 		var opts service.Options
 		fs := service.NewFlagSet(bin.name, bin.component, bin.addr, &opts)

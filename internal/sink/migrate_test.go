@@ -33,6 +33,8 @@ func (in *integration) tables(t *testing.T) []string {
 }
 
 var wantTables = []string{
+	"alerts:ReplacingMergeTree",
+	"alerts_dedup:View",
 	"events:ReplacingMergeTree",
 	"events_dedup:View",
 	"label_counts_per_minute:View",

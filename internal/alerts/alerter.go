@@ -1,0 +1,315 @@
+package alerts
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/emoflow/emoflow/internal/secure"
+	"github.com/emoflow/emoflow/internal/service"
+)
+
+// config is the alerter's configuration; every field is a flag (see
+// RegisterFlags) and an EMOFLOW_* environment variable.
+type config struct {
+	KafkaBrokers           string
+	EventsTopic            string
+	GroupID                string
+	AlertsTopic            string
+	DeadLetterTopic        string
+	CreateTopics           bool
+	TopicPartitions        int
+	TopicReplicationFactor int
+	KafkaSessionTimeout    time.Duration
+
+	RulesFile string
+	Adapter   string
+
+	RedisAddr      string
+	RedisKeyPrefix string
+	StateTTL       time.Duration
+
+	ClickHouseAddr     string
+	ClickHouseDatabase string
+
+	// Kafka, Redis and ClickHouse are the connections' TLS, users and
+	// passwords (internal/secure).
+	Kafka      secure.Kafka
+	Redis      secure.Redis
+	ClickHouse secure.ClickHouse
+
+	BatchSize     int
+	FlushInterval time.Duration
+	ReorderWindow time.Duration
+	StepTimeout   time.Duration
+	DrainTimeout  time.Duration
+	MaxEventBytes int
+}
+
+// Component is the alerter as a service.Component.
+type Component struct {
+	cfg config
+}
+
+// RegisterFlags declares the alerter's flags.
+func (c *Component) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.cfg.KafkaBrokers, "kafka-brokers", "127.0.0.1:19092", "Kafka bootstrap brokers, comma-separated")
+	fs.StringVar(&c.cfg.EventsTopic, "events-topic", "emotion.events", "topic of the emotion events the rules read")
+	fs.StringVar(&c.cfg.GroupID, "group-id", "emoflow-alerter", "Kafka consumer group of the alerters; alerters in one group share the partitions")
+	fs.StringVar(&c.cfg.AlertsTopic, "alerts-topic", "emotion.alerts", "topic the alerts are published to (key = conversation id)")
+	fs.StringVar(&c.cfg.DeadLetterTopic, "dead-letter-topic", "emotion.events.alerter-dead-letter", "topic that receives events the alerter cannot read, with a reason header")
+	fs.BoolVar(&c.cfg.CreateTopics, "create-topics", true, "create the events, alerts and dead-letter topics at start-up if they are missing")
+	fs.IntVar(&c.cfg.TopicPartitions, "topic-partitions", 4, "partitions of the topics the alerter creates")
+	fs.IntVar(&c.cfg.TopicReplicationFactor, "topic-replication-factor", 1, "replication factor of the topics the alerter creates")
+	fs.DurationVar(&c.cfg.KafkaSessionTimeout, "kafka-session-timeout", 10*time.Second, "consumer group session timeout: how soon the partitions of an alerter that died are handed to the others")
+	fs.StringVar(&c.cfg.RulesFile, "rules", "", "escalation rules file (JSON; see the README, \"Escalation alerts\"); required")
+	fs.StringVar(&c.cfg.Adapter, "adapter", "", "only events of this adapter count: \"id\" (any version) or \"id@version\"; empty: every adapter")
+	fs.StringVar(&c.cfg.RedisAddr, "redis-addr", "127.0.0.1:16379", "Redis address (host:port) of the conversation states")
+	fs.StringVar(&c.cfg.RedisKeyPrefix, "redis-key-prefix", "emoflow:alerts:", "prefix of the conversation state keys in Redis")
+	fs.DurationVar(&c.cfg.StateTTL, "state-ttl", 24*time.Hour, "a conversation state expires this long after its last message; the conversation then starts afresh")
+	fs.StringVar(&c.cfg.ClickHouseAddr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol addresses, comma-separated")
+	fs.StringVar(&c.cfg.ClickHouseDatabase, "clickhouse-database", "emoflow", "ClickHouse database whose alerts table (created by the sink's migrations) stores the alerts")
+	c.cfg.Kafka.Register(fs)
+	c.cfg.Redis.Register(fs)
+	c.cfg.ClickHouse.Register(fs)
+	fs.IntVar(&c.cfg.BatchSize, "batch-size", 1000, "most events per batch (one state load, one publish, one insert, one state save, one commit)")
+	fs.DurationVar(&c.cfg.FlushInterval, "flush-interval", 200*time.Millisecond, "longest wait for a batch to fill after its first event")
+	fs.DurationVar(&c.cfg.ReorderWindow, "reorder-window", 2*time.Second, "how long an event waits before it is applied, so that events of earlier messages of its conversation published after it are applied first; alerts come this much later; 0: at once (such events are then skipped as late)")
+	fs.DurationVar(&c.cfg.StepTimeout, "step-timeout", 10*time.Second, "bound on each attempt of a batch step (Redis, Kafka, ClickHouse); failed steps are retried")
+	fs.DurationVar(&c.cfg.DrainTimeout, "drain-timeout", 20*time.Second, "on shutdown, how long to keep trying to finish and commit the batch in hand; keep it below -shutdown-timeout")
+	fs.IntVar(&c.cfg.MaxEventBytes, "max-event-bytes", 1<<20, "largest event accepted; larger ones go to the dead-letter topic")
+}
+
+func (cfg *config) validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(len(splitList(cfg.KafkaBrokers)) > 0, "-kafka-brokers is empty")
+	check(cfg.EventsTopic != "", "-events-topic is empty")
+	check(cfg.AlertsTopic != "", "-alerts-topic is empty")
+	check(cfg.DeadLetterTopic != "", "-dead-letter-topic is empty")
+	check(cfg.AlertsTopic != cfg.EventsTopic && cfg.DeadLetterTopic != cfg.EventsTopic && cfg.DeadLetterTopic != cfg.AlertsTopic,
+		"-events-topic, -alerts-topic and -dead-letter-topic must differ")
+	check(cfg.GroupID != "", "-group-id is empty")
+	check(cfg.TopicPartitions > 0, "-topic-partitions must be positive")
+	check(cfg.TopicReplicationFactor > 0, "-topic-replication-factor must be positive")
+	check(cfg.KafkaSessionTimeout > 0, "-kafka-session-timeout must be positive")
+	check(cfg.RulesFile != "", "-rules is required: the escalation rules file")
+	check(cfg.RedisAddr != "", "-redis-addr is empty")
+	check(cfg.RedisKeyPrefix != "", "-redis-key-prefix is empty")
+	check(cfg.StateTTL >= time.Second, "-state-ttl must be at least 1s")
+	check(len(splitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
+	check(databaseName.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
+	check(cfg.BatchSize > 0, "-batch-size must be positive")
+	check(cfg.FlushInterval > 0, "-flush-interval must be positive")
+	check(cfg.ReorderWindow >= 0, "-reorder-window must not be negative")
+	check(cfg.StepTimeout > 0, "-step-timeout must be positive")
+	check(cfg.DrainTimeout > 0, "-drain-timeout must be positive")
+	check(cfg.MaxEventBytes > 0, "-max-event-bytes must be positive")
+	return errors.Join(errs...)
+}
+
+// Run loads the rules, waits for Redis and the alerts table, creates the
+// topics if asked to, then consumes until ctx ends.
+func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
+	cfg := c.cfg
+	if err := cfg.validate(); err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	rules, err := LoadRules(cfg.RulesFile)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	log := rt.Logger
+	m, err := newMetrics(rt.Metrics)
+	if err != nil {
+		return err
+	}
+
+	kconn, err := cfg.Kafka.Connect()
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	redisOpts := redisOptions(cfg.RedisAddr, cfg.StepTimeout)
+	if err := cfg.Redis.Apply(redisOpts); err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	rdb := redis.NewClient(redisOpts)
+	defer rdb.Close()
+	states := &redisStates{rdb: rdb, prefix: cfg.RedisKeyPrefix, ttl: cfg.StateTTL}
+	chUser, chPassword, chTLS, err := cfg.ClickHouse.Credentials()
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	conn, err := openClickHouse(splitList(cfg.ClickHouseAddr), chUser, chPassword, chTLS, cfg.StepTimeout)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	defer conn.Close()
+	store := &clickhouseAlerts{conn: conn, database: cfg.ClickHouseDatabase, now: time.Now}
+
+	startup := func(step string, op func(context.Context) error) error {
+		rt.SetNotReady("starting: " + step)
+		return backoff.RetryNotify(func() error {
+			actx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
+			defer cancel()
+			return op(actx)
+		}, backoff.WithContext(newRetryBackoff(), ctx), func(err error, wait time.Duration) {
+			rt.SetNotReady(fmt.Sprintf("starting: %s: %v", step, err))
+			log.Warn("start-up step failed; retrying", "step", step, "retry_in", wait, "err", err)
+		})
+	}
+	if err := startup("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() }); err != nil {
+		return startupError(ctx, err)
+	}
+	if err := startup("clickhouse alerts table", store.tableExists); err != nil {
+		return startupError(ctx, err)
+	}
+	brokers := splitList(cfg.KafkaBrokers)
+	if cfg.CreateTopics {
+		client := kconn.Client(brokers, cfg.StepTimeout)
+		topics := []string{cfg.EventsTopic, cfg.AlertsTopic, cfg.DeadLetterTopic}
+		if err := startup("kafka topics", func(ctx context.Context) error {
+			return ensureTopics(ctx, client, topics, cfg.TopicPartitions, cfg.TopicReplicationFactor)
+		}); err != nil {
+			return startupError(ctx, err)
+		}
+	}
+
+	kafkaErrors := kafka.LoggerFunc(func(msg string, args ...any) {
+		log.Warn("kafka: " + fmt.Sprintf(msg, args...))
+	})
+	reader := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:               brokers,
+		GroupID:               cfg.GroupID,
+		Topic:                 cfg.EventsTopic,
+		MinBytes:              1,
+		MaxBytes:              8 << 20,
+		MaxWait:               200 * time.Millisecond,
+		QueueCapacity:         1000,
+		StartOffset:           kafka.FirstOffset,
+		SessionTimeout:        cfg.KafkaSessionTimeout,
+		HeartbeatInterval:     cfg.KafkaSessionTimeout / 4,
+		WatchPartitionChanges: true,
+		// CommitInterval 0: CommitMessages commits before it returns.
+		ErrorLogger: kafkaErrors,
+		Dialer:      kconn.Dialer(0),
+	})
+	defer closeLogged(log, "events reader", reader.Close)
+	writer := func(topic string) *kafka.Writer {
+		return &kafka.Writer{
+			Addr:      kafka.TCP(brokers...),
+			Transport: kconn.Transport(),
+			Topic:     topic,
+			// Keyed by conversation like the events, with the Java clients'
+			// partitioner.
+			Balancer:     &kafka.Murmur2Balancer{},
+			RequiredAcks: kafka.RequireAll,
+			// One call per batch; do not wait for more.
+			BatchTimeout: 5 * time.Millisecond,
+			WriteTimeout: cfg.StepTimeout,
+			ErrorLogger:  kafkaErrors,
+		}
+	}
+	alertsWriter := writer(cfg.AlertsTopic)
+	defer closeLogged(log, "alerts writer", alertsWriter.Close)
+	deadLetters := writer(cfg.DeadLetterTopic)
+	defer closeLogged(log, "dead-letter writer", deadLetters.Close)
+
+	var mu sync.Mutex
+	failing := map[string]string{}
+	health := func(step string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failing[step] = err.Error()
+		} else {
+			delete(failing, step)
+		}
+		var why []string
+		for s, e := range failing {
+			why = append(why, s+": "+e)
+		}
+		rt.SetNotReady(strings.Join(why, "; "))
+	}
+	p := newPipeline(pipelineConfig{
+		BatchSize:     cfg.BatchSize,
+		FlushInterval: cfg.FlushInterval,
+		StepTimeout:   cfg.StepTimeout,
+		DrainTimeout:  cfg.DrainTimeout,
+		MaxEventBytes: cfg.MaxEventBytes,
+		Adapter:       cfg.Adapter,
+		ReorderWindow: cfg.ReorderWindow,
+		Backoff:       newRetryBackoff,
+	}, rules, reader, states, store, alertsWriter, deadLetters, m, health, log)
+	rt.SetReady()
+	log.Info("consuming", "topic", cfg.EventsTopic, "group", cfg.GroupID, "alerts_topic", cfg.AlertsTopic,
+		"rules", rules.Names(), "adapter", cfg.Adapter, "reorder_window", cfg.ReorderWindow)
+	return p.run(ctx)
+}
+
+// newRetryBackoff is the retry policy of batch and start-up steps:
+// exponential up to 5s between attempts, forever.
+func newRetryBackoff() backoff.BackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(200*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second),
+		backoff.WithMaxElapsedTime(0),
+	)
+}
+
+// startupError is nil when start-up ended because ctx did.
+func startupError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// ensureTopics creates those of topics that do not exist.
+func ensureTopics(ctx context.Context, client *kafka.Client, topics []string, partitions, replicationFactor int) error {
+	req := &kafka.CreateTopicsRequest{}
+	for _, t := range topics {
+		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: replicationFactor})
+	}
+	resp, err := client.CreateTopics(ctx, req)
+	if err != nil {
+		return fmt.Errorf("create topics %s: %w", strings.Join(topics, ", "), err)
+	}
+	var errs []error
+	for _, t := range topics {
+		if err := resp.Errors[t]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+			errs = append(errs, fmt.Errorf("create topic %s: %w", t, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func closeLogged(log *slog.Logger, what string, closeFn func() error) {
+	if err := closeFn(); err != nil {
+		log.Warn("closing the "+what, "err", err)
+	}
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
