@@ -269,6 +269,9 @@ func (m *Model) rotate(s *tensor.Scope, x *tensor.Tensor, rot rotary) *tensor.Te
 	// tables of rotaryTables that is x·cos + swap(x)·sin, where swap
 	// exchanges the two elements of every pair: four kernels over the
 	// whole head instead of rotating and concatenating pieces.
+	if x == nil {
+		return nil // an earlier operation failed; s holds its error
+	}
 	shape := x.Shape()
 	pairs := s.Reshape(x, append(shape[:3:3], hd/2, 2)...)
 	swapped := s.Reshape(s.Stack([]*tensor.Tensor{s.Select(pairs, -1, 1), s.Select(pairs, -1, 0)}, -1), shape...)

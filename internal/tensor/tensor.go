@@ -173,8 +173,12 @@ func (t *Tensor) Free() {
 	}
 }
 
-// Shape returns the size of every dimension.
+// Shape returns the size of every dimension; nil for a nil tensor (the
+// result of an operation that failed: its scope holds the error).
 func (t *Tensor) Shape() []int64 {
+	if t == nil || t.c == nil {
+		return nil
+	}
 	n := lib.AtDim(t.c)
 	shape := make([]int64, n)
 	if n > 0 {
