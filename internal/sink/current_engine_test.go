@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -233,4 +234,48 @@ func TestCurrentClickHouse(t *testing.T) {
 		testenv.DropAtCleanup(t, conn, db)
 		testenv.CompareOnServer(t, conn, statements, run)
 	})
+}
+
+// TestCurrentClickHouseClusterSchema checks the clustered schema's DDL (ON
+// CLUSTER, Replicated engines, Distributed tables) and the queries the sink
+// sends only on a cluster on a current ClickHouse release in-process (chDB).
+// chDB has no cluster, macros or ZooKeeper, so the statements are parsed
+// (EXPLAIN AST), not run; the sink's cluster check runs and, there being no
+// cluster, finds none. TestClusterSchema runs them on a real 18.16 cluster.
+func TestCurrentClickHouseClusterSchema(t *testing.T) {
+	const cluster = "emoflow_cluster"
+	db := testenv.Name(t, "current_cluster")
+	ddl, err := ClusterSchemaStatements(db, cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var statements []testenv.Statement
+	for _, s := range ddl {
+		statements = append(statements, testenv.Statement{Kind: testenv.Query, SQL: "EXPLAIN AST " + s})
+	}
+	m := &migrator{database: db, cluster: cluster, user: "default", password: `it's`}
+	hosts := "SELECT host_name, port, shard_num, replica_num FROM system.clusters WHERE cluster = '" + cluster + "' ORDER BY shard_num, replica_num"
+	remote := strings.Replace(fmt.Sprintf("SELECT name FROM remote(%s, system, tables, %s, %s) WHERE database = ?",
+		quoteString("ch-0.ch:9000"), quoteString(m.user), quoteString(m.password)), "?", quoteString(db), 1)
+	statements = append(statements,
+		testenv.Statement{Kind: testenv.Query, SQL: "SELECT DISTINCT cluster FROM system.clusters ORDER BY cluster"},
+		testenv.Statement{Kind: testenv.Query, SQL: hosts},
+		testenv.Statement{Kind: testenv.Query, SQL: "EXPLAIN AST " + remote},
+		// What ClickHouse itself answers to ON CLUSTER with a cluster it
+		// does not know.
+		testenv.Statement{Kind: testenv.Exec, SQL: ddl[0]},
+	)
+	run := testenv.RunCurrentClickHouse(t, statements)
+	for i, r := range run.Results[:len(ddl)+3] {
+		if r.Error != "" {
+			t.Errorf("ClickHouse %s refused statement %d:\n%s\n%s", run.Version, i+1, statements[i].SQL, r.Error)
+		}
+	}
+	if got := run.Results[len(ddl)]; len(got.Data) != 0 {
+		t.Errorf("chDB defines clusters %v: the test assumed none", got.Data)
+	}
+	if err := run.Results[len(ddl)+3].Error; !strings.Contains(err, "CLUSTER_DOESNT_EXIST") {
+		t.Errorf("ON CLUSTER with an unknown cluster on ClickHouse %s: %q, want CLUSTER_DOESNT_EXIST", run.Version, err)
+	}
+	t.Logf("ClickHouse %s (chDB) parsed the %d statements of the clustered schema", run.Version, len(ddl))
 }
