@@ -12,6 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/emoflow/emoflow/internal/evaluate"
 	"github.com/emoflow/emoflow/internal/service"
 	"github.com/emoflow/emoflow/internal/testenv"
 )
@@ -174,6 +175,9 @@ func TestClusterSchema(t *testing.T) {
 	})
 
 	t.Run("migrations run twice", func(t *testing.T) {
+		// Every replica caught up (the one killed above becomes active
+		// again once its old ZooKeeper session has expired).
+		f.syncReplicas(t, db)
 		for i := range c.Nodes {
 			applied, changed, err := f.migrator(i, db, 30*time.Second).Migrate(ctx, ms)
 			if err != nil || len(applied) != 0 || len(changed) != 0 {
@@ -304,6 +308,99 @@ func TestClusterSchema(t *testing.T) {
 		// The row kept is the latest insert's.
 		if got := f.query(t, 2, "SELECT inserted_at FROM "+db+".events_dedup WHERE message_id = 'm-015'"); len(got) != 1 || got[0][0] != "2025-03-01 14:00:00" {
 			t.Errorf("m-015 kept from %v, want the third insert (14:00)", got)
+		}
+	})
+
+	t.Run("a replica down", func(t *testing.T) {
+		// A sink (re)starting while the second replica of shard 1 is down:
+		// the schema is current, so it runs no DDL (which would wait for
+		// that replica) and starts at once; its inserts go to the replica
+		// that is up, and the other catches up when it is back.
+		const down = 1
+		c.Stop(t, down)
+		began := time.Now()
+		applied, changed, err := f.migrator(0, db, 5*time.Second).Migrate(ctx, ms)
+		if err != nil || len(applied) != 0 || len(changed) != 0 {
+			t.Fatalf("Migrate with a replica down: applied %v changed %v err %v; want nothing to do", applied, changed, err)
+		}
+		t.Logf("Migrate with a replica down: %.2fs", time.Since(began).Seconds())
+		base := time.Date(2025, 3, 2, 8, 0, 0, 0, time.UTC)
+		var rows []eventRow
+		for i := range 20 {
+			rows = append(rows, eventRow{
+				MessageID: fmt.Sprintf("d-%02d", i), Adapter: "emo@1", RunID: "live", Tenant: "acme", Label: "joy",
+				SentAt: base, ReceivedAt: base, ClassifiedAt: base,
+			})
+		}
+		store := &clickhouseStore{conn: f.conns[0], database: db, cluster: true, now: steppingClock(base)}
+		for range 2 {
+			if err := store.Insert(ctx, rows); err != nil {
+				t.Fatalf("insert with a replica down: %v", err)
+			}
+		}
+		c.Start(t, down)
+		f.syncReplicas(t, db)
+		peer := f.query(t, 0, "SELECT count() FROM "+db+".events_local FINAL")
+		if got := f.query(t, down, "SELECT count() FROM "+db+".events_local FINAL"); fmt.Sprint(got) != fmt.Sprint(peer) {
+			t.Errorf("the replica that was down holds %v events, its peer %v", got, peer)
+		}
+		for i := range c.Nodes {
+			if got := f.query(t, i, "SELECT count() FROM "+db+".events_dedup"); got[0][0] != "220" {
+				t.Errorf("node %d: events_dedup holds %v, want 220", i+1, got)
+			}
+		}
+	})
+
+	t.Run("emoctl's queries", func(t *testing.T) {
+		// A second run over 100 of the live messages, every label changed,
+		// then what emoctl eval and compare ask of the cluster.
+		base := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+		var rows []eventRow
+		for i := range 100 {
+			sent := base.Add(time.Duration(i) * 7 * time.Second)
+			if i%50 == 0 {
+				sent = base.AddDate(0, -1, 0)
+			}
+			rows = append(rows, eventRow{
+				MessageID: fmt.Sprintf("m-%03d", i), Adapter: "emo@1", RunID: "r2", Tenant: []string{"acme", "beta"}[i%2],
+				Label: "surprise", TrueLabel: "joy", SentAt: sent, ReceivedAt: sent, ClassifiedAt: sent,
+			})
+		}
+		store := &clickhouseStore{conn: f.conns[2], database: db, cluster: true, now: steppingClock(base)}
+		if err := store.Insert(ctx, rows); err != nil {
+			t.Fatal(err)
+		}
+		f.syncReplicas(t, db)
+		es, err := evaluate.OpenStore(ctx, evaluate.StoreOptions{Addrs: []string{c.Nodes[3].Addr}, Database: db, User: "default", Timeout: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer es.Close()
+		live, err := es.Resolve(ctx, evaluate.RunSelector{RunID: "live"})
+		if err != nil || live.Adapter != "emo@1" {
+			t.Fatalf("Resolve(live): %+v, %v", live, err)
+		}
+		r2, err := es.Resolve(ctx, evaluate.RunSelector{RunID: "r2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := es.Confusion(ctx, r2); err != nil {
+			t.Errorf("Confusion: %v", err)
+		}
+		transitions, onlyA, onlyB, err := es.Transitions(ctx, live, r2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paired := 0
+		for _, n := range transitions {
+			paired += n
+		}
+		if paired != 100 || onlyA != 120 || onlyB != 0 {
+			t.Errorf("compare live r2: %d paired, %d only in live, %d only in r2; want 100, 120, 0", paired, onlyA, onlyB)
+		}
+		changed, err := es.Changed(ctx, live, r2, 1000)
+		if err != nil || len(changed) != 100 {
+			t.Errorf("Changed: %d messages, %v; want 100", len(changed), err)
 		}
 	})
 

@@ -141,26 +141,36 @@ type migrator struct {
 // recording the same version at once leave two rows until a merge, which
 // reading with DISTINCT does not see.
 //
-// On a cluster, Migrate first checks that the server knows the cluster, and
-// at the end that every host of the cluster has every table and view of the
-// recorded migrations. A host that lacks some (it was replaced, or missed a
-// DDL task) gets every migration's statements again (they are idempotent);
-// if objects are still missing, Migrate fails, so the sink never writes
-// into a schema that is only partly there.
+// On a cluster, Migrate first checks that the server knows the cluster and
+// runs no DDL when every version is recorded already (ON CLUSTER waits for
+// every host, and a sink must be able to start while a replica is down); at
+// the end it checks that every host of the cluster has every table and
+// view of the recorded migrations. A host that lacks some (it was
+// replaced, or missed a DDL task) gets every migration's statements again
+// (they are idempotent); if objects are still missing, Migrate fails, so
+// the sink never writes into a schema that is only partly there.
 func (m *migrator) Migrate(ctx context.Context, ms []migration) (applied, changed []int, err error) {
+	var done map[int]string
 	if m.cluster != "" {
 		if err := m.checkCluster(ctx); err != nil {
 			return nil, nil, err
 		}
-	}
-	for _, stmt := range bootstrapStatements(m.database, m.cluster) {
-		if err := m.exec(ctx, stmt); err != nil {
-			return nil, nil, err
+		// A current schema needs no DDL: skip the bootstrap, which ON
+		// CLUSTER waits for every host, so that a sink can start while a
+		// replica is down.
+		if recorded, err := m.recorded(ctx); err == nil && !pending(ms, recorded) {
+			done = recorded
 		}
 	}
-	done, err := m.recorded(ctx)
-	if err != nil {
-		return nil, nil, err
+	if done == nil {
+		for _, stmt := range bootstrapStatements(m.database, m.cluster) {
+			if err := m.exec(ctx, stmt); err != nil {
+				return nil, nil, err
+			}
+		}
+		if done, err = m.recorded(ctx); err != nil {
+			return nil, nil, err
+		}
 	}
 	for _, mig := range ms {
 		if sum, ok := done[mig.Version]; ok {
@@ -197,6 +207,16 @@ func (m *migrator) Migrate(ctx context.Context, ms []migration) (applied, change
 		return applied, changed, fmt.Errorf("clickhouse cluster %s: schema incomplete after running the migrations again: %s", m.cluster, strings.Join(missing, "; "))
 	}
 	return applied, changed, nil
+}
+
+// pending reports whether a migration of ms is not in done.
+func pending(ms []migration, done map[int]string) bool {
+	for _, mig := range ms {
+		if _, ok := done[mig.Version]; !ok {
+			return true
+		}
+	}
+	return false
 }
 
 func (m *migrator) apply(ctx context.Context, mig migration) error {

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -102,7 +101,10 @@ func StartClickHouseCluster(t testing.TB, name string, shards, replicas int) *Cl
 		"-Dzookeeper.admin.enableServer=false", "-Dzookeeper.jmx.log4j.disable=true",
 		"-Dlog4j.configuration=file:/dev/null",
 		"-cp", filepath.Join(libs, "*"), "org.apache.zookeeper.server.ZooKeeperServerMain",
-		strconv.Itoa(zkPort), filepath.Join(dir, "zookeeper"))
+		// tickTime 250 ms: sessions may be as short as 0.5 s, so that the
+		// session of a killed server expires (and its replicas can become
+		// active again after a restart) within the servers' 2 s below.
+		strconv.Itoa(zkPort), filepath.Join(dir, "zookeeper"), "250")
 	zkLog, err := os.Create(filepath.Join(dir, "zookeeper.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -158,14 +160,9 @@ func StartClickHouseCluster(t testing.TB, name string, shards, replicas int) *Cl
 		c.waitReady(t, i)
 	}
 	t.Cleanup(func() {
-		// SIGKILL: the cluster's data goes with the test, and
-		// clickhouse-server 18.16 takes seconds to stop on SIGTERM.
-		for _, n := range c.Nodes {
-			if n.cmd != nil {
-				_ = n.cmd.Process.Kill()
-				<-n.done
-				n.cmd = nil
-			}
+		// The cluster's data goes with the test.
+		for i := range c.Nodes {
+			c.Stop(t, i)
 		}
 		if t.Failed() {
 			for i, n := range c.Nodes {
@@ -176,14 +173,17 @@ func StartClickHouseCluster(t testing.TB, name string, shards, replicas int) *Cl
 	return c
 }
 
-// Stop stops node i (SIGTERM, then SIGKILL after 10s) and waits for it.
+// Stop kills node i (SIGKILL, as a crash or a lost machine would stop it;
+// clickhouse-server 18.16 also takes seconds to stop on SIGTERM) and waits
+// for it to exit.
 func (c *ClickHouseCluster) Stop(t testing.TB, i int) {
 	t.Helper()
 	n := c.Nodes[i]
 	if n.cmd == nil {
 		return
 	}
-	stopProcess(n.cmd, n.done)
+	_ = n.cmd.Process.Kill()
+	<-n.done
 	n.cmd = nil
 }
 
@@ -284,29 +284,12 @@ func zooKeeperAnswers(addr string) bool {
 	return err == nil && binary.BigEndian.Uint32(head[:]) > 0
 }
 
-func stopProcess(cmd *exec.Cmd, done chan struct{}) {
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
-}
-
 func tail(path string) string {
 	b, _ := os.ReadFile(path)
 	if len(b) > 4000 {
 		b = b[len(b)-4000:]
 	}
 	return string(b)
-}
-
-// ContextFor is a context with the usual bound of one cluster statement.
-func (c *ClickHouseCluster) ContextFor(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 func nodeConfig(dir string, n *ClickHouseNode, cluster, remote string, zkPort int) string {
@@ -335,7 +318,7 @@ func nodeConfig(dir string, n *ClickHouseNode, cluster, remote string, zkPort in
     <background_pool_size>2</background_pool_size>
     <background_schedule_pool_size>4</background_schedule_pool_size>
     <remote_servers><%[5]s>%[6]s</%[5]s></remote_servers>
-    <zookeeper><node><host>127.0.0.1</host><port>%[7]d</port></node><session_timeout_ms>10000</session_timeout_ms></zookeeper>
+    <zookeeper><node><host>127.0.0.1</host><port>%[7]d</port></node><session_timeout_ms>2000</session_timeout_ms></zookeeper>
     <macros><shard>%02[8]d</shard><replica>r%[9]d</replica></macros>
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
 </yandex>
