@@ -2,6 +2,7 @@ package helm
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -85,7 +86,9 @@ func render(t *testing.T, values map[string]any) (*rendered, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := engine.Engine{Strict: true}.Render(chrt, vals)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	files, err := engine.Engine{Strict: true}.RenderWithContext(ctx, chrt, vals)
 	if err != nil {
 		return nil, err
 	}
