@@ -404,6 +404,56 @@ func TestClusterSchema(t *testing.T) {
 		}
 	})
 
+	t.Run("the sink binary", func(t *testing.T) {
+		// The sink, from Kafka, with -clickhouse-cluster, started on a
+		// database without schema while a replica is down: it cannot
+		// create the schema (ON CLUSTER waits for that replica), so it is
+		// not ready and writes nothing; once the replica is back it
+		// creates the schema and stores every event once.
+		in := newIntegration(t)
+		in.conn.Close()
+		conn, err := openClickHouse(clickhouseOptions{Addrs: []string{c.Nodes[0].Addr}, User: "default", Timeout: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.conn = conn // newIntegration's clean-up drops the database here
+		in.clickhouse = c.Nodes[0].Addr + "," + c.Nodes[1].Addr
+		in.database = db + "_sink"
+		events := testEvents(60)
+		in.produce(t, events)
+		in.produce(t, events[:30]) // delivered twice
+
+		const down = 3
+		c.Stop(t, down)
+		s := startSink(t, in.args("-clickhouse-cluster="+c.Name, "-insert-timeout=3s"))
+		waitUntil(t, 30*time.Second, "a failed attempt at the migrations", func() (bool, string) {
+			_, why := s.rt.Ready()
+			return strings.HasPrefix(why, "starting: clickhouse migrations: "), why
+		})
+		if code, body := s.readyz(t); code != 503 || !strings.Contains(body, "clickhouse migrations") {
+			t.Errorf("/readyz with a replica down before the schema exists: %d %q, want 503 starting: clickhouse migrations", code, body)
+		}
+		if got := f.query(t, 0, "SELECT count() FROM system.tables WHERE database = ? AND name = 'events_local'", in.database); got[0][0] != "0" {
+			t.Errorf("events_local exists while the schema could not be completed")
+		}
+		if n := s.metric(t, "emoflow_sink_rows_inserted_total"); n != 0 {
+			t.Errorf("%v rows inserted before the schema was complete", n)
+		}
+		c.Start(t, down)
+		in.waitForDedupCount(t, int64(len(events)), 90*time.Second)
+		f.syncReplicas(t, in.database)
+		in.checkPerMinuteCounts(t, events)
+		if got := f.query(t, down, "SELECT count() FROM "+in.database+".events_dedup"); got[0][0] != fmt.Sprint(len(events)) {
+			t.Errorf("events_dedup from the replica that was down: %v, want %d", got, len(events))
+		}
+		if err := s.stop(t); err != nil {
+			t.Errorf("sink stopped with %v", err)
+		}
+		for i := range c.Nodes {
+			f.exec(t, i, "DROP DATABASE IF EXISTS "+in.database)
+		}
+	})
+
 	dropped := time.Now()
 	for i := range c.Nodes {
 		f.exec(t, i, "DROP DATABASE IF EXISTS "+db)
