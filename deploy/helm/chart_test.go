@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"helm.sh/helm/v4/pkg/chart/common"
 	"helm.sh/helm/v4/pkg/chart/common/util"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
@@ -26,8 +27,9 @@ import (
 )
 
 // scaledObject is the part of KEDA's ScaledObject (keda.sh/v1alpha1) the
-// chart sets; decoding is strict, so a field the chart sets and this type
-// lacks fails the test.
+// chart sets (KEDA's Go module is too large a dependency for one type);
+// decoding is strict, so a field the chart sets and this type lacks fails
+// the test. ServiceMonitors decode into the Prometheus Operator's own type.
 type scaledObject struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata"`
@@ -46,21 +48,6 @@ type scaledObject struct {
 	} `json:"spec"`
 }
 
-// serviceMonitor is the part of the Prometheus Operator's ServiceMonitor
-// (monitoring.coreos.com/v1) the chart sets.
-type serviceMonitor struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata"`
-	Spec              struct {
-		Selector  metav1.LabelSelector `json:"selector"`
-		Endpoints []struct {
-			Port     string `json:"port"`
-			Path     string `json:"path"`
-			Interval string `json:"interval"`
-		} `json:"endpoints"`
-	} `json:"spec"`
-}
-
 // rendered is the chart's objects by kind, each strictly decoded.
 type rendered struct {
 	deployments     map[string]*appsv1.Deployment // by component
@@ -69,7 +56,7 @@ type rendered struct {
 	secrets         []*corev1.Secret
 	serviceAccounts []*corev1.ServiceAccount
 	scaledObjects   map[string]*scaledObject
-	serviceMonitors map[string]*serviceMonitor
+	serviceMonitors map[string]*monitoringv1.ServiceMonitor
 }
 
 // render renders the chart with values over values.yaml, as "helm
@@ -95,7 +82,7 @@ func render(t *testing.T, values map[string]any) (*rendered, error) {
 	r := &rendered{
 		deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
 		pdbs: map[string]*policyv1.PodDisruptionBudget{}, scaledObjects: map[string]*scaledObject{},
-		serviceMonitors: map[string]*serviceMonitor{},
+		serviceMonitors: map[string]*monitoringv1.ServiceMonitor{},
 	}
 	names := slices.Sorted(func(yield func(string) bool) {
 		for k := range files {
@@ -164,7 +151,7 @@ func (r *rendered) add(doc []byte) error {
 		}
 		r.scaledObjects[component(o.ObjectMeta)] = &o
 	case "monitoring.coreos.com/v1 ServiceMonitor":
-		var o serviceMonitor
+		var o monitoringv1.ServiceMonitor
 		if err := yaml.UnmarshalStrict(doc, &o); err != nil {
 			return err
 		}
