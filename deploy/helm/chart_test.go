@@ -3,6 +3,9 @@ package helm
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,9 +45,26 @@ type scaledObject struct {
 		PollingInterval int32  `json:"pollingInterval"`
 		CooldownPeriod  int32  `json:"cooldownPeriod"`
 		Triggers        []struct {
-			Type     string            `json:"type"`
-			Metadata map[string]string `json:"metadata"`
+			Type              string            `json:"type"`
+			Metadata          map[string]string `json:"metadata"`
+			AuthenticationRef *struct {
+				Name string `json:"name"`
+			} `json:"authenticationRef,omitempty"`
 		} `json:"triggers"`
+	} `json:"spec"`
+}
+
+// triggerAuthentication is the part of KEDA's TriggerAuthentication the
+// chart sets.
+type triggerAuthentication struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		SecretTargetRef []struct {
+			Parameter string `json:"parameter"`
+			Name      string `json:"name"`
+			Key       string `json:"key"`
+		} `json:"secretTargetRef"`
 	} `json:"spec"`
 }
 
@@ -57,6 +77,7 @@ type rendered struct {
 	serviceAccounts []*corev1.ServiceAccount
 	scaledObjects   map[string]*scaledObject
 	serviceMonitors map[string]*monitoringv1.ServiceMonitor
+	triggerAuths    map[string]*triggerAuthentication // by name
 }
 
 // render renders the chart with values over values.yaml, as "helm
@@ -82,7 +103,7 @@ func render(t *testing.T, values map[string]any) (*rendered, error) {
 	r := &rendered{
 		deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
 		pdbs: map[string]*policyv1.PodDisruptionBudget{}, scaledObjects: map[string]*scaledObject{},
-		serviceMonitors: map[string]*monitoringv1.ServiceMonitor{},
+		serviceMonitors: map[string]*monitoringv1.ServiceMonitor{}, triggerAuths: map[string]*triggerAuthentication{},
 	}
 	names := slices.Sorted(func(yield func(string) bool) {
 		for k := range files {
@@ -156,6 +177,12 @@ func (r *rendered) add(doc []byte) error {
 			return err
 		}
 		r.serviceMonitors[component(o.ObjectMeta)] = &o
+	case "keda.sh/v1alpha1 TriggerAuthentication":
+		var o triggerAuthentication
+		if err := yaml.UnmarshalStrict(doc, &o); err != nil {
+			return err
+		}
+		r.triggerAuths[o.Name] = &o
 	default:
 		return fmt.Errorf("object of kind %s %s: the test does not know it", meta.APIVersion, meta.Kind)
 	}
@@ -282,6 +309,14 @@ func TestChart(t *testing.T) {
 		if !strings.HasPrefix(e.Value, "/models/") {
 			t.Errorf("classifier %s = %q, want a path under the /models volume", env, e.Value)
 		}
+	}
+	// The classifier refuses a network address with the admin API open and
+	// no token: by default the chart closes it.
+	if e, _ := envValue(c, "EMOFLOW_ADMIN_API"); e.Value != "false" {
+		t.Errorf("classifier EMOFLOW_ADMIN_API %q by default, want false (no admin token is configured)", e.Value)
+	}
+	if len(r.triggerAuths) != 0 {
+		t.Errorf("TriggerAuthentication without Kafka SASL or TLS")
 	}
 	if s := r.deployments["classifier"].Spec.Strategy.RollingUpdate; s == nil || s.MaxSurge == nil || s.MaxSurge.IntValue() != 0 {
 		t.Errorf("classifier rollout may surge a pod that waits for a GPU")
@@ -429,7 +464,7 @@ func checkPod(t *testing.T, name string, d *appsv1.Deployment, r *rendered, secr
 				t.Errorf("env %s from key %q, which Secret %s lacks", e.Name, ref.Key, secret.Name)
 			}
 		}
-		if strings.Contains(e.Name, "PASSWORD") || strings.Contains(e.Name, "TOKEN") {
+		if (strings.Contains(e.Name, "PASSWORD") || strings.Contains(e.Name, "TOKEN")) && !strings.HasSuffix(e.Name, "_FILE") {
 			if e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
 				t.Errorf("credential %s not from a Secret", e.Name)
 			}
@@ -507,11 +542,139 @@ func TestChartValues(t *testing.T) {
 	}{
 		{"more replicas than partitions", map[string]any{"ingest": map[string]any{"autoscaling": map[string]any{"maxReplicas": 9}}}, "exceeds kafka.topicPartitions"},
 		{"drain longer than shutdown", map[string]any{"sink": map[string]any{"drainTimeoutSeconds": 30}}, "must be below sink.shutdownTimeoutSeconds"},
+		{"SASL plain without TLS", map[string]any{"kafka": map[string]any{"sasl": map[string]any{"mechanism": "plain"}}}, "set kafka.tls.enabled"},
+		{"unknown SASL mechanism", map[string]any{"kafka": map[string]any{"sasl": map[string]any{"mechanism": "gssapi"}}}, "want scram-sha-512 or plain"},
+		{"admin API with a short token", map[string]any{"classifier": map[string]any{"adminApi": true}, "secrets": map[string]any{"classifierAdminToken": "short"}}, "at least 16 characters"},
+		{"client tokens without ingest's", map[string]any{"classifier": map[string]any{"auth": map[string]any{"enabled": true}}}, "needs secrets.ingestClassifierToken"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := render(t, tc.values); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("render: %v, want an error saying %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestChartSecured renders the chart with every connection secured (Kafka
+// SASL and TLS, Redis and ClickHouse TLS and users, classifier client
+// tokens and admin token) and checks that credentials reach the binaries
+// only from the Secret, files only from read-only Secret volumes, and that
+// KEDA reads the lag with the same credentials.
+func TestChartSecured(t *testing.T) {
+	secrets := map[string]any{
+		"kafkaSaslUsername": "emoflow", "kafkaSaslPassword": "kafka-pw-1234567",
+		"redisUsername": "emoflow", "redisPassword": "redis-pw-7654321",
+		"clickhousePassword": "ch-pw-5556667", "classifierAdminToken": "admin-token-0123456789",
+		"ingestClassifierToken": "ingest-token-abcdef0123",
+	}
+	tls := func(ca string) map[string]any { return map[string]any{"enabled": true, "caSecret": ca} }
+	r, err := render(t, map[string]any{
+		"kafka":      map[string]any{"sasl": map[string]any{"mechanism": "scram-sha-512"}, "tls": tls("kafka-ca")},
+		"redis":      map[string]any{"tls": tls("redis-ca")},
+		"clickhouse": map[string]any{"tls": tls("clickhouse-ca"), "addr": "ch:9440"},
+		"classifier": map[string]any{"adminApi": true, "auth": map[string]any{"enabled": true}},
+		"secrets":    secrets,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := flagReference(t)
+	secret := r.secrets[0]
+	for name, d := range r.deployments {
+		t.Run(name, func(t *testing.T) {
+			checkPod(t, name, d, r, secret, ref[name])
+			raw, err := json.Marshal(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range secrets {
+				if v != "emoflow" && strings.Contains(string(raw), v.(string)) {
+					t.Errorf("the Deployment carries the credential %q itself", v)
+				}
+			}
+			// Every file the binary is pointed at is in a read-only volume
+			// from a Secret that has the file.
+			pod := d.Spec.Template.Spec
+			for _, e := range pod.Containers[0].Env {
+				if !strings.HasSuffix(e.Name, "_FILE") {
+					continue
+				}
+				found := false
+				for _, m := range pod.Containers[0].VolumeMounts {
+					rel, ok := strings.CutPrefix(e.Value, m.MountPath+"/")
+					if !ok {
+						continue
+					}
+					for _, v := range pod.Volumes {
+						if v.Name == m.Name && v.Secret != nil && m.ReadOnly && slices.ContainsFunc(v.Secret.Items, func(k corev1.KeyToPath) bool { return k.Path == rel }) {
+							found = true
+						}
+					}
+				}
+				if !found {
+					t.Errorf("%s=%s is not a file of a read-only Secret volume", e.Name, e.Value)
+				}
+			}
+		})
+	}
+	env := func(component, name string) corev1.EnvVar {
+		e, ok := envValue(r.deployments[component].Spec.Template.Spec.Containers[0], name)
+		if !ok {
+			t.Errorf("%s lacks %s", component, name)
+		}
+		return e
+	}
+	fromSecret := func(e corev1.EnvVar) string {
+		if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+			t.Errorf("%s not from the Secret", e.Name)
+			return ""
+		}
+		return secret.StringData[e.ValueFrom.SecretKeyRef.Key]
+	}
+	for _, c := range []string{"ingest", "sink"} {
+		if env(c, "EMOFLOW_KAFKA_SASL_MECHANISM").Value != "scram-sha-512" || fromSecret(env(c, "EMOFLOW_KAFKA_SASL_PASSWORD")) != secrets["kafkaSaslPassword"] ||
+			fromSecret(env(c, "EMOFLOW_KAFKA_SASL_USERNAME")) != "emoflow" || env(c, "EMOFLOW_KAFKA_TLS").Value != "true" {
+			t.Errorf("%s: Kafka SASL/TLS not configured from the Secret", c)
+		}
+		so := r.scaledObjects[c]
+		trig := so.Spec.Triggers[0]
+		if trig.AuthenticationRef == nil || r.triggerAuths[trig.AuthenticationRef.Name] == nil || trig.Metadata["sasl"] != "scram_sha512" || trig.Metadata["tls"] != "enable" {
+			t.Errorf("%s ScaledObject: authenticationRef %+v, metadata %v: want the chart's TriggerAuthentication, SASL and TLS", c, trig.AuthenticationRef, trig.Metadata)
+		}
+	}
+	for _, ta := range r.triggerAuths {
+		params := map[string]bool{}
+		for _, ref := range ta.Spec.SecretTargetRef {
+			params[ref.Parameter] = true
+			if ref.Name == secret.Name {
+				if _, ok := secret.StringData[ref.Key]; !ok {
+					t.Errorf("TriggerAuthentication %s: key %s not in the Secret", ta.Name, ref.Key)
+				}
+			} else if ref.Name != "kafka-ca" {
+				t.Errorf("TriggerAuthentication %s refers to Secret %s", ta.Name, ref.Name)
+			}
+		}
+		if !params["username"] || !params["password"] || !params["ca"] {
+			t.Errorf("TriggerAuthentication %s parameters %v, want username, password, ca", ta.Name, params)
+		}
+	}
+	if fromSecret(env("ingest", "EMOFLOW_REDIS_PASSWORD")) != secrets["redisPassword"] || env("ingest", "EMOFLOW_REDIS_TLS").Value != "true" {
+		t.Errorf("ingest: Redis password or TLS missing")
+	}
+	if fromSecret(env("sink", "EMOFLOW_CLICKHOUSE_PASSWORD")) != secrets["clickhousePassword"] || env("sink", "EMOFLOW_CLICKHOUSE_TLS").Value != "true" {
+		t.Errorf("sink: ClickHouse password or TLS missing")
+	}
+	if env("classifier", "EMOFLOW_ADMIN_API").Value != "true" || fromSecret(env("classifier", "EMOFLOW_ADMIN_TOKEN")) != secrets["classifierAdminToken"] {
+		t.Errorf("classifier: admin API without its token")
+	}
+	// The classifier's tokens file names ingest with the SHA-256 of the
+	// token ingest sends, in the form -tokens-file reads.
+	token := fromSecret(env("ingest", "EMOFLOW_CLASSIFIER_TOKEN"))
+	sum := sha256.Sum256([]byte(token))
+	if got, want := secret.StringData["classifier-tokens"], "ingest sha256:"+hex.EncodeToString(sum[:])+"\n"; token == "" || got != want {
+		t.Errorf("classifier tokens file %q, want %q", got, want)
+	}
+	if e := env("classifier", "EMOFLOW_TOKENS_FILE"); !strings.HasPrefix(e.Value, "/etc/emoflow/") {
+		t.Errorf("EMOFLOW_TOKENS_FILE %q", e.Value)
 	}
 }

@@ -208,4 +208,81 @@ spec:
         lagThreshold: {{ $c.autoscaling.lagThreshold | quote }}
         offsetResetPolicy: earliest
         allowIdleConsumers: "false"
+        {{- with .root.Values.kafka.sasl.mechanism }}
+        sasl: {{ ternary "scram_sha512" "plaintext" (eq . "scram-sha-512") }}
+        {{- end }}
+        {{- if .root.Values.kafka.tls.enabled }}
+        tls: enable
+        {{- end }}
+      {{- if or .root.Values.kafka.sasl.mechanism (and .root.Values.kafka.tls.enabled .root.Values.kafka.tls.caSecret) }}
+      authenticationRef:
+        name: {{ include "emoflow.kafkaAuthName" .root }}
+      {{- end }}
+{{- end -}}
+
+{{/* An environment variable from the Secret; dict "root" . "name" "EMOFLOW_X" "key" "secret-key". */}}
+{{- define "emoflow.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "emoflow.secretName" .root }}
+      key: {{ .key }}
+{{- end -}}
+
+{{/*
+TLS environment of one connection; dict "root" . "prefix" "KAFKA" "tls"
+.Values.kafka.tls "dir" "kafka". The CA certificate is mounted by
+emoflow.tlsMount / emoflow.tlsVolume under /etc/emoflow/tls/<dir>.
+*/}}
+{{- define "emoflow.tlsEnv" -}}
+{{- if .tls.enabled }}
+- name: {{ printf "EMOFLOW_%s_TLS" .prefix }}
+  value: "true"
+{{- if .tls.caSecret }}
+- name: {{ printf "EMOFLOW_%s_TLS_CA_FILE" .prefix }}
+  value: {{ printf "/etc/emoflow/tls/%s/%s" .dir .tls.caKey | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "emoflow.tlsMount" -}}
+{{- if and .tls.enabled .tls.caSecret }}
+- name: {{ printf "tls-%s" .dir }}
+  mountPath: {{ printf "/etc/emoflow/tls/%s" .dir }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "emoflow.tlsVolume" -}}
+{{- if and .tls.enabled .tls.caSecret }}
+- name: {{ printf "tls-%s" .dir }}
+  secret:
+    secretName: {{ .tls.caSecret }}
+    items:
+      - key: {{ .tls.caKey }}
+        path: {{ .tls.caKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Kafka TLS and SASL environment of ingest and sink. */}}
+{{- define "emoflow.kafkaEnv" -}}
+{{- $k := .Values.kafka -}}
+{{- include "emoflow.tlsEnv" (dict "root" . "prefix" "KAFKA" "tls" $k.tls "dir" "kafka") }}
+{{- with $k.sasl.mechanism }}
+{{- if not (has . (list "scram-sha-512" "plain")) }}
+{{- fail (printf "kafka.sasl.mechanism %q: want scram-sha-512 or plain" .) }}
+{{- end }}
+{{- if and (eq . "plain") (not $k.tls.enabled) }}
+{{- fail "kafka.sasl.mechanism plain sends the password as it is: set kafka.tls.enabled" }}
+{{- end }}
+- name: EMOFLOW_KAFKA_SASL_MECHANISM
+  value: {{ . | quote }}
+{{ include "emoflow.secretEnv" (dict "root" $ "name" "EMOFLOW_KAFKA_SASL_USERNAME" "key" $.Values.secrets.keys.kafkaSaslUsername) }}
+{{ include "emoflow.secretEnv" (dict "root" $ "name" "EMOFLOW_KAFKA_SASL_PASSWORD" "key" $.Values.secrets.keys.kafkaSaslPassword) }}
+{{- end }}
+{{- end -}}
+
+{{/* KEDA TriggerAuthentication for the Kafka scaler, when Kafka needs SASL or TLS. */}}
+{{- define "emoflow.kafkaAuthName" -}}
+{{- printf "%s-kafka" (include "emoflow.fullname" .) -}}
 {{- end -}}
