@@ -283,7 +283,7 @@ func TestCurrentClickHouseClusterSchema(t *testing.T) {
 	tables := add(testenv.Query, "SELECT name, engine FROM system.tables WHERE database = '"+db+"' ORDER BY name")
 	clusters := add(testenv.Query, "SELECT DISTINCT cluster FROM system.clusters ORDER BY cluster")
 	hosts := add(testenv.Query, "SELECT host_name, port, shard_num, replica_num FROM system.clusters WHERE cluster = '"+cluster+"' ORDER BY shard_num, replica_num")
-	front := []string{"events", "events_dedup", "label_counts_per_minute", "label_counts_per_minute_state"}
+	front := []string{"events", "events_dedup", "label_counts_per_minute", "label_counts_per_minute_state", "alerts", "alerts_dedup"}
 	describe := map[string][2]int{}
 	for _, table := range front {
 		describe[table] = [2]int{add(testenv.Query, "DESCRIBE TABLE "+db+"."+table), add(testenv.Query, "DESCRIBE TABLE "+single+"."+table)}
