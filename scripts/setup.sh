@@ -100,9 +100,13 @@ import "C"
 EOF
 		printf '%s' "$libtorch" >"$stamp"
 	fi
+	# deploy/helm is a module of its own (helm and the Kubernetes libraries
+	# for the chart's test stay out of go.mod); in the workspace, go test
+	# ./... from the top runs its test too.
 	local work="go 1.26.0
 
 use .
+use ./deploy/helm
 use $dst
 "
 	if [ ! -f "$repo/go.work" ] || [ "$(cat "$repo/go.work")" != "$work" ]; then

@@ -2,9 +2,11 @@ package sink
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -233,4 +235,118 @@ func TestCurrentClickHouse(t *testing.T) {
 		testenv.DropAtCleanup(t, conn, db)
 		testenv.CompareOnServer(t, conn, statements, run)
 	})
+}
+
+// TestCurrentClickHouseClusterSchema checks the clustered schema on a
+// current ClickHouse release in-process (chDB): every statement as the sink
+// sends it is parsed (EXPLAIN AST); then, in a session configured like one
+// host of a cluster (macros, remote_servers with this host as the only
+// shard, an in-memory Keeper), the DDL without ON CLUSTER (chDB runs no
+// distributed DDL) creates the Replicated, Distributed and view objects,
+// whose columns are compared with the single-node schema's, and the sink's
+// cluster queries and the dashboards' reads run over them. chDB's replicated
+// tables stay read-only (no replication threads run in-process), so no rows
+// go in here: TestClusterSchema stores and deduplicates them on a real 18.16
+// cluster.
+func TestCurrentClickHouseClusterSchema(t *testing.T) {
+	const cluster = "emoflow_cluster"
+	db := testenv.Name(t, "current_cluster")
+	ddl, err := ClusterSchemaStatements(db, cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &migrator{database: db, cluster: cluster, user: "default", password: `it's`}
+	remote := strings.Replace(fmt.Sprintf("SELECT name FROM remote(%s, system, tables, %s, %s) WHERE database = ?",
+		quoteString("ch-0.ch:9000"), quoteString(m.user), quoteString(m.password)), "?", quoteString(db), 1)
+	var statements []testenv.Statement
+	add := func(kind testenv.StatementKind, sql string) int {
+		statements = append(statements, testenv.Statement{Kind: kind, SQL: sql})
+		return len(statements) - 1
+	}
+	for _, s := range ddl {
+		add(testenv.Query, "EXPLAIN AST "+s)
+	}
+	add(testenv.Query, "EXPLAIN AST "+remote)
+	parsed := len(statements)
+	for _, s := range ddl {
+		add(testenv.Exec, strings.Replace(s, " ON CLUSTER "+cluster, "", 1))
+	}
+	single := db + "_single"
+	singleDDL, err := SchemaStatements(single)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range singleDDL {
+		add(testenv.Exec, s)
+	}
+	created := len(statements)
+	tables := add(testenv.Query, "SELECT name, engine FROM system.tables WHERE database = '"+db+"' ORDER BY name")
+	clusters := add(testenv.Query, "SELECT DISTINCT cluster FROM system.clusters ORDER BY cluster")
+	hosts := add(testenv.Query, "SELECT host_name, port, shard_num, replica_num FROM system.clusters WHERE cluster = '"+cluster+"' ORDER BY shard_num, replica_num")
+	front := []string{"events", "events_dedup", "label_counts_per_minute", "label_counts_per_minute_state", "alerts", "alerts_dedup"}
+	describe := map[string][2]int{}
+	for _, table := range front {
+		describe[table] = [2]int{add(testenv.Query, "DESCRIBE TABLE "+db+"."+table), add(testenv.Query, "DESCRIBE TABLE "+single+"."+table)}
+	}
+	reads := []int{
+		add(testenv.Query, "SELECT count(), uniqExact(message_id) FROM "+db+".events_dedup"),
+		add(testenv.Query, "SELECT count() FROM "+db+".events FINAL"),
+		add(testenv.Query, "SELECT count() FROM "+db+".label_counts_per_minute"),
+		add(testenv.Query, "SELECT uniqExactMerge(messages) FROM "+db+".label_counts_per_minute_state"),
+	}
+	onUnknownCluster := add(testenv.Exec, strings.Replace(ddl[0], " ON CLUSTER "+cluster, " ON CLUSTER no_such_cluster", 1))
+	checked := len(statements)
+	// Dropped before the session closes: chDB hangs at exit over
+	// replicated tables that are still attached.
+	add(testenv.Exec, "DROP DATABASE "+db+" SYNC")
+	add(testenv.Exec, "DROP DATABASE "+single+" SYNC")
+
+	config := `<clickhouse>
+    <tcp_port>9000</tcp_port>
+    <zookeeper><implementation>testkeeper</implementation></zookeeper>
+    <macros><shard>01</shard><replica>r1</replica></macros>
+    <remote_servers><` + cluster + `><shard><internal_replication>true</internal_replication>
+        <replica><host>localhost</host><port>9000</port></replica>
+    </shard></` + cluster + `></remote_servers>
+</clickhouse>`
+	run := testenv.RunCurrentClickHouseWithConfig(t, config, statements)
+	t.Logf("ClickHouse %s (chDB): %d statements in %.2fs", run.Version, len(statements), run.Seconds)
+	for i, r := range run.Results {
+		if r.Error != "" && i != onUnknownCluster {
+			t.Errorf("ClickHouse %s refused statement %d:\n%s\n%s", run.Version, i+1, statements[i].SQL, r.Error)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	var got []string
+	for _, row := range run.Results[tables].Data {
+		got = append(got, row[0]+":"+row[1])
+	}
+	if !slices.Equal(got, clusterTables) {
+		t.Errorf("tables on ClickHouse %s: %v, want %v", run.Version, got, clusterTables)
+	}
+	if got := run.Results[clusters].Data; len(got) != 1 || got[0][0] != cluster {
+		t.Errorf("clusters %v, want %s", got, cluster)
+	}
+	if got := run.Results[hosts].Data; len(got) != 1 || got[0][0] != "localhost" || got[0][1] != "9000" {
+		t.Errorf("hosts of the cluster %v", got)
+	}
+	for _, table := range front {
+		a, b := run.Results[describe[table][0]], run.Results[describe[table][1]]
+		if err := testenv.SameRows(a, b); err != nil {
+			t.Errorf("%s: the clustered schema's columns differ from the single-node schema's on ClickHouse %s: %v", table, run.Version, err)
+		}
+	}
+	for _, i := range reads {
+		for _, cell := range run.Results[i].Data[0] {
+			if cell != "0" {
+				t.Errorf("%s on the empty schema: %v", statements[i].SQL, run.Results[i].Data)
+			}
+		}
+	}
+	if err := run.Results[onUnknownCluster].Error; !strings.Contains(err, "CLUSTER_DOESNT_EXIST") {
+		t.Errorf("ON CLUSTER with an unknown cluster on ClickHouse %s: %q, want CLUSTER_DOESNT_EXIST", run.Version, err)
+	}
+	t.Logf("parsed %d statements, created the clustered schema with %d, checked it with %d", parsed, created-parsed, checked-created)
 }

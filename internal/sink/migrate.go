@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"path"
 	"regexp"
 	"sort"
@@ -14,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
@@ -25,8 +28,27 @@ import (
 // migration interrupted halfway runs again from its first statement.
 // Never edit a released migration: add a new one.
 //
-//go:embed migrations/*.sql
+// migrations/cluster holds the same migrations (same versions, names and
+// columns) for a ClickHouse cluster (-clickhouse-cluster): "${cluster}"
+// stands for the cluster's name there. A new migration is added to both.
+//
+//go:embed migrations/*.sql migrations/cluster/*.sql
 var migrationFiles embed.FS
+
+// Folders of migrationFiles.
+const (
+	singleNodeMigrations = "migrations"
+	clusterMigrations    = "migrations/cluster"
+)
+
+// schemaMigrations returns the migrations for a single server (cluster
+// empty) or for a cluster.
+func schemaMigrations(cluster string) ([]migration, error) {
+	if cluster == "" {
+		return loadMigrations(migrationFiles, singleNodeMigrations)
+	}
+	return loadMigrations(migrationFiles, clusterMigrations)
+}
 
 // migration is one numbered schema change.
 type migration struct {
@@ -49,6 +71,9 @@ func loadMigrations(fsys fs.FS, dir string) ([]migration, error) {
 	}
 	var ms []migration
 	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
 		match := migrationFileName.FindStringSubmatch(e.Name())
 		if match == nil {
 			return nil, fmt.Errorf("migration file %s: name must be NNNN_name.sql", e.Name())
@@ -95,6 +120,13 @@ func splitStatements(sql string) []string {
 type migrator struct {
 	conn     driver.Conn
 	database string
+	// cluster, when set, is the ClickHouse cluster (remote_servers) the
+	// schema is created on, ON CLUSTER, with the migrations of
+	// migrations/cluster.
+	cluster string
+	// user and password reach every host of the cluster through remote()
+	// for the check that each host has the whole schema.
+	user, password string
 	// timeout bounds each statement.
 	timeout time.Duration
 }
@@ -108,15 +140,37 @@ type migrator struct {
 // schema_migrations is a ReplacingMergeTree keyed by version: two sinks
 // recording the same version at once leave two rows until a merge, which
 // reading with DISTINCT does not see.
+//
+// On a cluster, Migrate first checks that the server knows the cluster and
+// runs no DDL when every version is recorded already (ON CLUSTER waits for
+// every host, and a sink must be able to start while a replica is down); at
+// the end it checks that every host of the cluster has every table and
+// view of the recorded migrations. A host that lacks some (it was
+// replaced, or missed a DDL task) gets every migration's statements again
+// (they are idempotent); if objects are still missing, Migrate fails, so
+// the sink never writes into a schema that is only partly there.
 func (m *migrator) Migrate(ctx context.Context, ms []migration) (applied, changed []int, err error) {
-	for _, stmt := range bootstrapStatements(m.database) {
-		if err := m.exec(ctx, stmt); err != nil {
+	var done map[int]string
+	if m.cluster != "" {
+		if err := m.checkCluster(ctx); err != nil {
 			return nil, nil, err
 		}
+		// A current schema needs no DDL: skip the bootstrap, which ON
+		// CLUSTER waits for every host, so that a sink can start while a
+		// replica is down.
+		if recorded, err := m.recorded(ctx); err == nil && !pending(ms, recorded) {
+			done = recorded
+		}
 	}
-	done, err := m.recorded(ctx)
-	if err != nil {
-		return nil, nil, err
+	if done == nil {
+		for _, stmt := range bootstrapStatements(m.database, m.cluster) {
+			if err := m.exec(ctx, stmt); err != nil {
+				return nil, nil, err
+			}
+		}
+		if done, err = m.recorded(ctx); err != nil {
+			return nil, nil, err
+		}
 	}
 	for _, mig := range ms {
 		if sum, ok := done[mig.Version]; ok {
@@ -125,42 +179,96 @@ func (m *migrator) Migrate(ctx context.Context, ms []migration) (applied, change
 			}
 			continue
 		}
-		for i, stmt := range mig.statementsFor(m.database) {
-			if err := m.exec(ctx, stmt); err != nil {
-				return applied, changed, fmt.Errorf("migration %04d_%s statement %d: %w", mig.Version, mig.Name, i+1, err)
-			}
+		if err := m.apply(ctx, mig); err != nil {
+			return applied, changed, err
 		}
 		if err := m.record(ctx, mig); err != nil {
 			return applied, changed, err
 		}
 		applied = append(applied, mig.Version)
 	}
+	if m.cluster == "" {
+		return applied, changed, nil
+	}
+	missing, err := m.missingObjects(ctx, ms)
+	if err != nil || len(missing) == 0 {
+		return applied, changed, err
+	}
+	// Some host lacks objects of recorded migrations: run them all again.
+	for _, mig := range ms {
+		if err := m.apply(ctx, mig); err != nil {
+			return applied, changed, fmt.Errorf("completing the schema on the cluster's hosts (%s): %w", strings.Join(missing, "; "), err)
+		}
+	}
+	if missing, err = m.missingObjects(ctx, ms); err != nil {
+		return applied, changed, err
+	}
+	if len(missing) > 0 {
+		return applied, changed, fmt.Errorf("clickhouse cluster %s: schema incomplete after running the migrations again: %s", m.cluster, strings.Join(missing, "; "))
+	}
 	return applied, changed, nil
 }
 
+// pending reports whether a migration of ms is not in done.
+func pending(ms []migration, done map[int]string) bool {
+	for _, mig := range ms {
+		if _, ok := done[mig.Version]; !ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *migrator) apply(ctx context.Context, mig migration) error {
+	for i, stmt := range mig.statementsFor(m.database, m.cluster) {
+		if err := m.exec(ctx, stmt); err != nil {
+			return fmt.Errorf("migration %04d_%s statement %d: %w", mig.Version, mig.Name, i+1, err)
+		}
+	}
+	return nil
+}
+
 // bootstrapStatements create the database and its schema_migrations table;
-// Migrate runs them before reading which versions are applied.
-func bootstrapStatements(database string) []string {
-	return []string{
-		"CREATE DATABASE IF NOT EXISTS " + database,
-		`CREATE TABLE IF NOT EXISTS ` + database + `.schema_migrations
+// Migrate runs them before reading which versions are applied. On a
+// cluster, every host keeps a replica of schema_migrations (one ZooKeeper
+// path for the whole cluster, so the replica name joins shard and replica).
+func bootstrapStatements(database, cluster string) []string {
+	columns := `
 (
     version    UInt32,
     name       String,
     checksum   String,
     applied_at DateTime('UTC')
 )
-ENGINE = ReplacingMergeTree(applied_at)
+`
+	if cluster == "" {
+		return []string{
+			"CREATE DATABASE IF NOT EXISTS " + database,
+			`CREATE TABLE IF NOT EXISTS ` + database + `.schema_migrations` + columns + `ENGINE = ReplacingMergeTree(applied_at)
+ORDER BY version`,
+		}
+	}
+	return []string{
+		"CREATE DATABASE IF NOT EXISTS " + database + " ON CLUSTER " + cluster,
+		`CREATE TABLE IF NOT EXISTS ` + database + `.schema_migrations ON CLUSTER ` + cluster + columns +
+			`ENGINE = ReplicatedReplacingMergeTree('` + zooKeeperPrefix(database, cluster) + `/schema_migrations', '{shard}-{replica}', applied_at)
 ORDER BY version`,
 	}
 }
 
-// statementsFor returns the migration's statements for database, with
-// "${database}" replaced, as Migrate runs them.
-func (mig migration) statementsFor(database string) []string {
+// zooKeeperPrefix is where the replicated tables of database on cluster
+// keep their ZooKeeper nodes (the migrations spell it out the same way).
+func zooKeeperPrefix(database, cluster string) string {
+	return "/clickhouse/emoflow/" + cluster + "/" + database
+}
+
+// statementsFor returns the migration's statements for database (and
+// cluster, for the clustered migrations), as Migrate runs them.
+func (mig migration) statementsFor(database, cluster string) []string {
+	r := strings.NewReplacer("${database}", database, "${cluster}", cluster)
 	out := make([]string, len(mig.Statements))
 	for i, stmt := range mig.Statements {
-		out[i] = strings.ReplaceAll(stmt, "${database}", database)
+		out[i] = r.Replace(stmt)
 	}
 	return out
 }
@@ -172,18 +280,188 @@ func (mig migration) statementsFor(database string) []string {
 // schema as the sink makes it, for running on other engines (the tests
 // that check it on a current ClickHouse release).
 func SchemaStatements(database string) ([]string, error) {
-	if !databaseName.MatchString(database) {
+	return schemaStatements(database, "")
+}
+
+// ClusterSchemaStatements is SchemaStatements for -clickhouse-cluster
+// cluster: the DDL, ON CLUSTER, of the clustered schema.
+func ClusterSchemaStatements(database, cluster string) ([]string, error) {
+	if !identifier.MatchString(cluster) {
+		return nil, fmt.Errorf("clickhouse cluster %q: want a plain identifier", cluster)
+	}
+	return schemaStatements(database, cluster)
+}
+
+func schemaStatements(database, cluster string) ([]string, error) {
+	if !identifier.MatchString(database) {
 		return nil, fmt.Errorf("clickhouse database %q: want a plain identifier", database)
 	}
-	ms, err := loadMigrations(migrationFiles, "migrations")
+	ms, err := schemaMigrations(cluster)
 	if err != nil {
 		return nil, err
 	}
-	stmts := bootstrapStatements(database)
+	stmts := bootstrapStatements(database, cluster)
 	for _, mig := range ms {
-		stmts = append(stmts, mig.statementsFor(database)...)
+		stmts = append(stmts, mig.statementsFor(database, cluster)...)
 	}
 	return stmts, nil
+}
+
+// checkCluster fails, permanently, when the server does not define the
+// cluster: every statement ON CLUSTER would fail, and retrying does not help.
+func (m *migrator) checkCluster(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, m.timeout)
+	defer cancel()
+	rows, err := m.conn.Query(ctx, "SELECT DISTINCT cluster FROM system.clusters ORDER BY cluster")
+	if err != nil {
+		return fmt.Errorf("read system.clusters: %w", err)
+	}
+	defer rows.Close()
+	var known []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return fmt.Errorf("read system.clusters: %w", err)
+		}
+		if name == m.cluster {
+			return nil
+		}
+		known = append(known, name)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read system.clusters: %w", err)
+	}
+	defined := "none"
+	if len(known) > 0 {
+		defined = strings.Join(known, ", ")
+	}
+	return &unknownClusterError{cluster: m.cluster, defined: defined}
+}
+
+// unknownClusterError is -clickhouse-cluster naming a cluster that the
+// server's remote_servers does not define.
+type unknownClusterError struct{ cluster, defined string }
+
+func (e *unknownClusterError) Error() string {
+	return fmt.Sprintf("-clickhouse-cluster %s: the ClickHouse server does not define this cluster (remote_servers defines: %s)", e.cluster, e.defined)
+}
+
+// clusterHost is one host of the cluster as system.clusters lists it.
+type clusterHost struct {
+	Addr           string
+	Shard, Replica uint32
+}
+
+func (m *migrator) clusterHosts(ctx context.Context) ([]clusterHost, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.timeout)
+	defer cancel()
+	rows, err := m.conn.Query(ctx, "SELECT host_name, port, shard_num, replica_num FROM system.clusters WHERE cluster = ? ORDER BY shard_num, replica_num", m.cluster)
+	if err != nil {
+		return nil, fmt.Errorf("read the hosts of cluster %s: %w", m.cluster, err)
+	}
+	defer rows.Close()
+	var hosts []clusterHost
+	for rows.Next() {
+		var h clusterHost
+		var name string
+		var port uint16
+		if err := rows.Scan(&name, &port, &h.Shard, &h.Replica); err != nil {
+			return nil, fmt.Errorf("read the hosts of cluster %s: %w", m.cluster, err)
+		}
+		h.Addr = net.JoinHostPort(name, strconv.Itoa(int(port)))
+		hosts = append(hosts, h)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the hosts of cluster %s: %w", m.cluster, err)
+	}
+	if len(hosts) == 0 {
+		return nil, fmt.Errorf("cluster %s has no hosts", m.cluster)
+	}
+	return hosts, nil
+}
+
+// createdObject finds the table or view a migration statement creates.
+var createdObject = regexp.MustCompile(`(?is)^CREATE\s+(?:TABLE|VIEW|MATERIALIZED\s+VIEW)\s+IF\s+NOT\s+EXISTS\s+\$\{database\}\.([A-Za-z0-9_]+)`)
+
+// missingObjects returns, per host of the cluster that answers, the tables
+// and views of ms (and schema_migrations) that it lacks, as "host: a, b".
+// A host that does not answer is left out: it holds no writes while down,
+// and it runs the DDL tasks it missed from ZooKeeper when it is back.
+func (m *migrator) missingObjects(ctx context.Context, ms []migration) ([]string, error) {
+	want := []string{"schema_migrations"}
+	for _, mig := range ms {
+		for _, stmt := range mig.Statements {
+			if match := createdObject.FindStringSubmatch(stmt); match != nil {
+				want = append(want, match[1])
+			}
+		}
+	}
+	hosts, err := m.clusterHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	answered := 0
+	for _, h := range hosts {
+		have, err := m.hostTables(ctx, h.Addr)
+		if err != nil {
+			var ex *clickhouse.Exception
+			if errors.As(err, &ex) && unreachableHost[ex.Code] {
+				continue
+			}
+			return nil, err
+		}
+		answered++
+		var lacks []string
+		for _, name := range want {
+			if !have[name] {
+				lacks = append(lacks, name)
+			}
+		}
+		if len(lacks) > 0 {
+			missing = append(missing, fmt.Sprintf("host %s (shard %d, replica %d) lacks %s.%s", h.Addr, h.Shard, h.Replica, m.database, strings.Join(lacks, ", "+m.database+".")))
+		}
+	}
+	if answered == 0 {
+		return nil, fmt.Errorf("clickhouse cluster %s: none of its %d hosts answered", m.cluster, len(hosts))
+	}
+	return missing, nil
+}
+
+// unreachableHost are the ClickHouse error codes of remote() that mean the
+// host did not answer: NETWORK_ERROR, SOCKET_TIMEOUT,
+// ALL_CONNECTION_TRIES_FAILED.
+var unreachableHost = map[int32]bool{209: true, 210: true, 279: true}
+
+// hostTables returns the names of the tables of the database on the host
+// at addr, read through remote() by the server the sink is connected to.
+func (m *migrator) hostTables(ctx context.Context, addr string) (map[string]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.timeout)
+	defer cancel()
+	query := fmt.Sprintf("SELECT name FROM remote(%s, system, tables, %s, %s) WHERE database = ?",
+		quoteString(addr), quoteString(m.user), quoteString(m.password))
+	rows, err := m.conn.Query(ctx, query, m.database)
+	if err != nil {
+		return nil, fmt.Errorf("read the tables on host %s: %w", addr, err)
+	}
+	defer rows.Close()
+	have := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, fmt.Errorf("read the tables on host %s: %w", addr, err)
+		}
+		have[name] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the tables on host %s: %w", addr, err)
+	}
+	return have, nil
+}
+
+// quoteString is s as a ClickHouse string literal.
+func quoteString(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
 func (m *migrator) exec(ctx context.Context, stmt string) error {

@@ -43,6 +43,7 @@ type config struct {
 
 	ClickHouseAddr     string
 	ClickHouseDatabase string
+	ClickHouseCluster  string
 	// ClickHouse is the user, password and TLS; Kafka the brokers' TLS and
 	// SASL (internal/secure).
 	ClickHouse secure.ClickHouse
@@ -73,6 +74,7 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.cfg.KafkaSessionTimeout, "kafka-session-timeout", 10*time.Second, "consumer group session timeout: how soon the partitions of a sink that died are handed to the others (the broker allows 6s to 30m by default)")
 	fs.StringVar(&c.cfg.ClickHouseAddr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol addresses, comma-separated")
 	fs.StringVar(&c.cfg.ClickHouseDatabase, "clickhouse-database", "emoflow", "ClickHouse database of the sink's tables; created if missing")
+	fs.StringVar(&c.cfg.ClickHouseCluster, "clickhouse-cluster", "", "ClickHouse cluster (remote_servers) to create the schema on: replicated tables ON CLUSTER with Distributed tables in front; empty for a single server")
 	c.cfg.ClickHouse.Register(fs)
 	c.cfg.Kafka.Register(fs)
 	fs.IntVar(&c.cfg.BatchSize, "batch-size", 5000, "most events per ClickHouse insert")
@@ -99,7 +101,8 @@ func (cfg *config) validate() error {
 	check(cfg.TopicReplicationFactor > 0, "-topic-replication-factor must be positive")
 	check(cfg.KafkaSessionTimeout > 0, "-kafka-session-timeout must be positive")
 	check(len(splitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
-	check(databaseName.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
+	check(identifier.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
+	check(cfg.ClickHouseCluster == "" || identifier.MatchString(cfg.ClickHouseCluster), "-clickhouse-cluster %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseCluster)
 	check(cfg.BatchSize > 0, "-batch-size must be positive")
 	check(cfg.FlushInterval > 0, "-flush-interval must be positive")
 	check(cfg.InsertTimeout > 0, "-insert-timeout must be positive")
@@ -122,7 +125,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		return err
 	}
 	h := newHealth(rt.SetNotReady, m.clickhouseHealthy)
-	migrations, err := loadMigrations(migrationFiles, "migrations")
+	migrations, err := schemaMigrations(cfg.ClickHouseCluster)
 	if err != nil {
 		return err
 	}
@@ -146,11 +149,19 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		return &service.ConfigError{Err: err}
 	}
 	defer conn.Close()
-	store := &clickhouseStore{conn: conn, database: cfg.ClickHouseDatabase, now: time.Now}
+	store := &clickhouseStore{conn: conn, database: cfg.ClickHouseDatabase, cluster: cfg.ClickHouseCluster != "", now: time.Now}
 
-	mig := &migrator{conn: conn, database: cfg.ClickHouseDatabase, timeout: cfg.InsertTimeout}
+	mig := &migrator{
+		conn: conn, database: cfg.ClickHouseDatabase, cluster: cfg.ClickHouseCluster,
+		user: chUser, password: chPassword, timeout: cfg.InsertTimeout,
+	}
 	err = retryStartup(ctx, h, log, "clickhouse migrations", func(ctx context.Context) error {
 		applied, changed, err := mig.Migrate(ctx, migrations)
+		var unknown *unknownClusterError
+		if errors.As(err, &unknown) {
+			// A configuration error: retrying cannot fix it.
+			return backoff.Permanent(&service.ConfigError{Err: err})
+		}
 		if err != nil {
 			return err
 		}
@@ -158,7 +169,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		if len(changed) > 0 {
 			log.Warn("applied migrations differ from this binary's; never edit a released migration", "versions", changed)
 		}
-		log.Info("clickhouse schema is current", "database", cfg.ClickHouseDatabase, "applied_now", applied, "latest", len(migrations))
+		log.Info("clickhouse schema is current", "database", cfg.ClickHouseDatabase, "cluster", cfg.ClickHouseCluster, "applied_now", applied, "latest", len(migrations))
 		return nil
 	})
 	if err != nil {

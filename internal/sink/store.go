@@ -12,9 +12,9 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
-// databaseName is what -clickhouse-database accepts: the name is spliced into
-// SQL, so it must be a plain identifier.
-var databaseName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+// identifier is what -clickhouse-database and -clickhouse-cluster accept:
+// the names are spliced into SQL, so they must be plain identifiers.
+var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
 
 // eventColumns are the events table's columns in the order eventRow.values
 // gives them. Naming them in the INSERT keeps an older sink working after a
@@ -48,6 +48,11 @@ func boolToUInt8(b bool) uint8 {
 type clickhouseStore struct {
 	conn     driver.Conn
 	database string
+	// cluster: events is a Distributed table, and inserts wait until every
+	// shard has its rows (insert_distributed_sync), so that offsets are
+	// committed only for rows stored on their shards, not for rows queued
+	// on the server the sink is connected to.
+	cluster bool
 	// now stamps inserted_at and version; the clock in production.
 	now func() time.Time
 }
@@ -106,6 +111,9 @@ func (s *clickhouseStore) Insert(ctx context.Context, rows []eventRow) error {
 
 func (s *clickhouseStore) insert(ctx context.Context, rows []eventRow, insertedAt time.Time, version uint64) error {
 	query := fmt.Sprintf("INSERT INTO %s.events (%s)", s.database, strings.Join(eventColumns, ", "))
+	if s.cluster {
+		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"insert_distributed_sync": 1}))
+	}
 	b, err := s.conn.PrepareBatch(ctx, query)
 	if err != nil {
 		return fmt.Errorf("prepare insert into %s.events: %w", s.database, err)

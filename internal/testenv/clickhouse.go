@@ -280,6 +280,19 @@ type CurrentRun struct {
 // EMOFLOW_TEST_REQUIRE_SERVICES=1) when the reference Python lacks chDB.
 func RunCurrentClickHouse(t testing.TB, statements []Statement) CurrentRun {
 	t.Helper()
+	return runCurrentClickHouse(t, "", statements)
+}
+
+// RunCurrentClickHouseWithConfig is RunCurrentClickHouse in a session
+// started with the server configuration config (an XML document: macros,
+// remote_servers, an in-memory Keeper), as the clustered schema needs.
+func RunCurrentClickHouseWithConfig(t testing.TB, config string, statements []Statement) CurrentRun {
+	t.Helper()
+	return runCurrentClickHouse(t, config, statements)
+}
+
+func runCurrentClickHouse(t testing.TB, config string, statements []Statement) CurrentRun {
+	t.Helper()
 	python := Python(t)
 	type input struct {
 		SQL  string `json:"sql"`
@@ -293,7 +306,14 @@ func RunCurrentClickHouse(t testing.TB, statements []Statement) CurrentRun {
 		}
 		in[i] = input{SQL: sql, Rows: s.Kind == Query}
 	}
-	body, err := json.Marshal(in)
+	var payload any = in
+	if config != "" {
+		payload = struct {
+			Config     string  `json:"config"`
+			Statements []input `json:"statements"`
+		}{config, in}
+	}
+	body, err := json.Marshal(payload)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,11 @@ over a temporary folder, removed at the end. A statement that fails does not
 stop the others (its error is reported; later statements may fail for the
 same reason).
 
+The input may also be an object, {"config": "<clickhouse>...</clickhouse>",
+"statements": [...]}: the session then starts with that server
+configuration (macros, clusters, an in-memory Keeper), for the test of the
+clustered schema.
+
 Output (stdout): one JSON object, {"version": "26.9.2.1", "seconds": 0.7,
 "results": [...]}, one result per statement: {"error": "..."} when it
 failed; else, for "rows" statements, {"columns": [names], "types": [types],
@@ -26,11 +31,17 @@ import time
 from chdb import session
 
 
-def run(statements):
+def run(statements, config=None):
     started = time.monotonic()
     results = []
     with tempfile.TemporaryDirectory(prefix="emoflow-chdb-") as path:
-        s = session.Session(path)
+        if config is None:
+            s = session.Session(path)
+        else:
+            config_file = path + "/config.xml"
+            with open(config_file, "w") as f:
+                f.write(config)
+            s = session.Session(path + "/data?config-file=" + config_file)
         try:
             version = s.query("SELECT version()", "JSONCompactStrings")
             version = json.loads(version.bytes())["data"][0][0]
@@ -55,9 +66,12 @@ def run(statements):
 
 def main():
     statements = json.load(sys.stdin)
+    config = None
+    if isinstance(statements, dict):
+        config, statements = statements.get("config"), statements.get("statements")
     if not isinstance(statements, list):
-        sys.exit("chdb_exec.py: stdin must be a JSON list of statements")
-    json.dump(run(statements), sys.stdout)
+        sys.exit("chdb_exec.py: stdin must be a JSON list of statements, or an object with config and statements")
+    json.dump(run(statements, config), sys.stdout)
     sys.stdout.write("\n")
 
 

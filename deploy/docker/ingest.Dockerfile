@@ -1,0 +1,22 @@
+# syntax=docker/dockerfile:1
+# The ingest image: a static Go binary on distroless, run as the nonroot user.
+# Build from the repository root:
+#   docker build -f deploy/docker/ingest.Dockerfile -t REGISTRY/emoflow/ingest:TAG .
+# Checked here by deploy/helm's TestDockerfiles (no Docker engine runs on
+# the development machines); not built here.
+
+FROM golang:1.26.8-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+# go.work (made by scripts/setup.sh for the CPU build of gotch) is not in
+# the context; ingest does not link gotch. No cgo: a static binary.
+ENV GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+RUN go build -trimpath -ldflags="-s -w" -o /out/ingest ./cmd/ingest
+
+FROM gcr.io/distroless/static-debian12:nonroot AS runtime
+COPY --from=build /out/ingest /usr/local/bin/ingest
+USER 65532:65532
+EXPOSE 9101
+ENTRYPOINT ["/usr/local/bin/ingest"]
