@@ -110,12 +110,24 @@ q "SELECT countIf(label = true_label) AS agree, count() AS labelled, round(100 *
 say "Escalation alerts (this run; rules: deploy/alerts/rules.json)"
 # The alerter trails the sink by a batch or so: wait until it has committed
 # every event it fetched (its consumer lag is 0 on every partition), at
-# most 30s.
+# most about a minute.
+# The lag must read 0 twice, more than the alerter's 2 s reorder window
+# apart: events it holds back to restore message order count as lag, but
+# a fetch can lag the metric.
+alerter_idle() { curl -s 127.0.0.1:9103/metrics | awk '/^emoflow_alerter_consumer_lag\{/ {n++; s += $2} END {exit !(n > 0 && s == 0)}'; }
 for _ in $(seq 1 60); do
-	curl -s 127.0.0.1:9103/metrics | awk '/^emoflow_alerter_consumer_lag\{/ {n++; s += $2} END {exit !(n > 0 && s == 0)}' && break
+	if alerter_idle; then
+		sleep 3
+		alerter_idle && break
+	fi
 	sleep 0.5
 done
-q "SELECT rule, count() AS alerts, uniqExact(conversation_id) AS conversations FROM $db.alerts_dedup WHERE message_id LIKE '$run-%' GROUP BY rule ORDER BY rule FORMAT PrettyCompact"
+alerts=$(q "SELECT count() FROM $db.alerts_dedup WHERE message_id LIKE '$run-%'")
+if [ "$alerts" -gt 0 ]; then
+	q "SELECT rule, count() AS alerts, uniqExact(conversation_id) AS conversations FROM $db.alerts_dedup WHERE message_id LIKE '$run-%' GROUP BY rule ORDER BY rule FORMAT PrettyCompact"
+else
+	echo "  no alert: no conversation crossed a rule ($(q "SELECT uniqExact(conversation_id) FROM $db.events_dedup WHERE run_id = 'live' AND message_id LIKE '$run-%' AND speaker_role = 'customer'") conversations with customer messages watched)"
+fi
 
 if [ ${#adapter_args[@]} -gt 0 ]; then
 	say "The two adapters side by side (POST /v1/classify)"

@@ -30,7 +30,7 @@ func produce(ctx context.Context, args []string) error {
 	data := fs.String("data", defaultDataDir(), "shared data folder (a built-in sample when absent)")
 	n := fs.Int("n", 1000, "messages to send (the texts repeat when there are fewer)")
 	rate := fs.Float64("rate", 0, "messages per second (0: as fast as possible)")
-	idPrefix := fs.String("id-prefix", fmt.Sprintf("demo-%d", time.Now().Unix()), "prefix of the message ids")
+	idPrefix := fs.String("id-prefix", fmt.Sprintf("demo-%d", time.Now().Unix()), "prefix of the message and conversation ids (each run's conversations start afresh)")
 	if err := service.ParseConfig(fs, args, service.LookupEnv); err != nil {
 		return err
 	}
@@ -79,7 +79,7 @@ func produce(ctx context.Context, args []string) error {
 		}
 		s := msgs[i%len(msgs)]
 		m := contract.ChatMessage{
-			ID: fmt.Sprintf("%s-%d", *idPrefix, i), ConversationID: s.conversation, Tenant: tenants[i%len(tenants)],
+			ID: fmt.Sprintf("%s-%d", *idPrefix, i), ConversationID: *idPrefix + "-" + s.conversation, Tenant: tenants[i%len(tenants)],
 			SpeakerRole: []string{"customer", "agent"}[len(s.speaker)%2], Text: s.text, SentAt: time.Now().UTC(),
 			Language: "en", Label: s.label,
 		}
@@ -107,18 +107,35 @@ type sampleMessage struct {
 }
 
 // demoMessages are GoEmotions-ekman and MELD test utterances with a single
-// label, interleaved, or the built-in sample.
+// label, interleaved one for one: MELD's dialogues stay in their order, so
+// the traffic holds conversations (for contexts and escalation alerts)
+// beside single comments. Without the shared data: the built-in sample.
 func demoMessages(dataDir string) []sampleMessage {
-	var out []sampleMessage
+	var sets [][]sampleMessage
 	for _, set := range []datasets.Set{datasets.GoEmotionsEkman, datasets.MELD} {
 		ex, err := datasets.Read(dataDir, set, "test")
 		if err != nil {
 			continue
 		}
+		var msgs []sampleMessage
 		for _, e := range ex {
 			if e.Label != "" {
-				out = append(out, sampleMessage{string(set) + "-" + e.Conversation, e.Speaker, e.Text, e.Label})
+				msgs = append(msgs, sampleMessage{string(set) + "-" + e.Conversation, e.Speaker, e.Text, e.Label})
 			}
+		}
+		sets = append(sets, msgs)
+	}
+	var out []sampleMessage
+	for i := 0; ; i++ {
+		added := false
+		for _, msgs := range sets {
+			if i < len(msgs) {
+				out = append(out, msgs[i])
+				added = true
+			}
+		}
+		if !added {
+			break
 		}
 	}
 	if len(out) == 0 {
