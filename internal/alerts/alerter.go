@@ -5,17 +5,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
+	"github.com/emoflow/emoflow/internal/stage"
 )
 
 // config is the alerter's configuration; every field is a flag (see
@@ -96,7 +95,7 @@ func (cfg *config) validate() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	check(len(splitList(cfg.KafkaBrokers)) > 0, "-kafka-brokers is empty")
+	check(len(stage.SplitList(cfg.KafkaBrokers)) > 0, "-kafka-brokers is empty")
 	check(cfg.EventsTopic != "", "-events-topic is empty")
 	check(cfg.AlertsTopic != "", "-alerts-topic is empty")
 	check(cfg.DeadLetterTopic != "", "-dead-letter-topic is empty")
@@ -110,7 +109,7 @@ func (cfg *config) validate() error {
 	check(cfg.RedisAddr != "", "-redis-addr is empty")
 	check(cfg.RedisKeyPrefix != "", "-redis-key-prefix is empty")
 	check(cfg.StateTTL >= time.Second, "-state-ttl must be at least 1s")
-	check(len(splitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
+	check(len(stage.SplitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
 	check(databaseName.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
 	check(cfg.BatchSize > 0, "-batch-size must be positive")
 	check(cfg.FlushInterval > 0, "-flush-interval must be positive")
@@ -153,7 +152,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
-	conn, err := openClickHouse(splitList(cfg.ClickHouseAddr), chUser, chPassword, chTLS, cfg.StepTimeout)
+	conn, err := openClickHouse(stage.SplitList(cfg.ClickHouseAddr), chUser, chPassword, chTLS, cfg.StepTimeout)
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
@@ -161,72 +160,56 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	store := &clickhouseAlerts{conn: conn, database: cfg.ClickHouseDatabase, now: time.Now}
 
 	startup := func(step string, op func(context.Context) error) error {
-		rt.SetNotReady("starting: " + step)
-		return backoff.RetryNotify(func() error {
+		return stage.RetryStartup(ctx, log, rt.SetNotReady, step, func(ctx context.Context) error {
 			actx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
 			defer cancel()
 			return op(actx)
-		}, backoff.WithContext(newRetryBackoff(), ctx), func(err error, wait time.Duration) {
-			rt.SetNotReady(fmt.Sprintf("starting: %s: %v", step, err))
-			log.Warn("start-up step failed; retrying", "step", step, "retry_in", wait, "err", err)
 		})
 	}
 	if err := startup("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() }); err != nil {
-		return startupError(ctx, err)
+		return stage.StartupError(ctx, err)
 	}
 	if err := startup("clickhouse alerts table", store.tableExists); err != nil {
-		return startupError(ctx, err)
+		return stage.StartupError(ctx, err)
 	}
-	brokers := splitList(cfg.KafkaBrokers)
+	brokers := stage.SplitList(cfg.KafkaBrokers)
 	if cfg.CreateTopics {
 		client := kconn.Client(brokers, cfg.StepTimeout)
 		topics := []string{cfg.EventsTopic, cfg.AlertsTopic, cfg.DeadLetterTopic}
 		if err := startup("kafka topics", func(ctx context.Context) error {
-			return ensureTopics(ctx, client, topics, cfg.TopicPartitions, cfg.TopicReplicationFactor)
+			return stage.EnsureTopics(ctx, client, topics, cfg.TopicPartitions, cfg.TopicReplicationFactor)
 		}); err != nil {
-			return startupError(ctx, err)
+			return stage.StartupError(ctx, err)
 		}
 	}
 
-	kafkaErrors := kafka.LoggerFunc(func(msg string, args ...any) {
-		log.Warn("kafka: " + fmt.Sprintf(msg, args...))
+	reader := stage.NewReader(stage.ReaderOptions{
+		Brokers:        brokers,
+		GroupID:        cfg.GroupID,
+		Topic:          cfg.EventsTopic,
+		MaxWait:        200 * time.Millisecond,
+		SessionTimeout: cfg.KafkaSessionTimeout,
+		Dialer:         kconn.Dialer(0),
+		Log:            log,
 	})
-	reader := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:               brokers,
-		GroupID:               cfg.GroupID,
-		Topic:                 cfg.EventsTopic,
-		MinBytes:              1,
-		MaxBytes:              8 << 20,
-		MaxWait:               200 * time.Millisecond,
-		QueueCapacity:         1000,
-		StartOffset:           kafka.FirstOffset,
-		SessionTimeout:        cfg.KafkaSessionTimeout,
-		HeartbeatInterval:     cfg.KafkaSessionTimeout / 4,
-		WatchPartitionChanges: true,
-		// CommitInterval 0: CommitMessages commits before it returns.
-		ErrorLogger: kafkaErrors,
-		Dialer:      kconn.Dialer(0),
-	})
-	defer closeLogged(log, "events reader", reader.Close)
+	defer stage.CloseLogged(log, "events reader", reader.Close)
 	writer := func(topic string) *kafka.Writer {
-		return &kafka.Writer{
-			Addr:      kafka.TCP(brokers...),
+		return stage.NewWriter(stage.WriterOptions{
+			Brokers:   brokers,
 			Transport: kconn.Transport(),
 			Topic:     topic,
 			// Keyed by conversation like the events, with the Java clients'
 			// partitioner.
 			Balancer:     &kafka.Murmur2Balancer{},
-			RequiredAcks: kafka.RequireAll,
-			// One call per batch; do not wait for more.
 			BatchTimeout: 5 * time.Millisecond,
 			WriteTimeout: cfg.StepTimeout,
-			ErrorLogger:  kafkaErrors,
-		}
+			Log:          log,
+		})
 	}
 	alertsWriter := writer(cfg.AlertsTopic)
-	defer closeLogged(log, "alerts writer", alertsWriter.Close)
+	defer stage.CloseLogged(log, "alerts writer", alertsWriter.Close)
 	deadLetters := writer(cfg.DeadLetterTopic)
-	defer closeLogged(log, "dead-letter writer", deadLetters.Close)
+	defer stage.CloseLogged(log, "dead-letter writer", deadLetters.Close)
 
 	var mu sync.Mutex
 	failing := map[string]string{}
@@ -252,64 +235,10 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		MaxEventBytes: cfg.MaxEventBytes,
 		Adapter:       cfg.Adapter,
 		ReorderWindow: cfg.ReorderWindow,
-		Backoff:       newRetryBackoff,
+		Backoff:       stage.NewRetryBackoff,
 	}, rules, reader, states, store, alertsWriter, deadLetters, m, health, log)
 	rt.SetReady()
 	log.Info("consuming", "topic", cfg.EventsTopic, "group", cfg.GroupID, "alerts_topic", cfg.AlertsTopic,
 		"rules", rules.Names(), "adapter", cfg.Adapter, "reorder_window", cfg.ReorderWindow)
 	return p.run(ctx)
-}
-
-// newRetryBackoff is the retry policy of batch and start-up steps:
-// exponential up to 5s between attempts, forever.
-func newRetryBackoff() backoff.BackOff {
-	return backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(200*time.Millisecond),
-		backoff.WithMaxInterval(5*time.Second),
-		backoff.WithMaxElapsedTime(0),
-	)
-}
-
-// startupError is nil when start-up ended because ctx did.
-func startupError(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return nil
-	}
-	return err
-}
-
-// ensureTopics creates those of topics that do not exist.
-func ensureTopics(ctx context.Context, client *kafka.Client, topics []string, partitions, replicationFactor int) error {
-	req := &kafka.CreateTopicsRequest{}
-	for _, t := range topics {
-		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: replicationFactor})
-	}
-	resp, err := client.CreateTopics(ctx, req)
-	if err != nil {
-		return fmt.Errorf("create topics %s: %w", strings.Join(topics, ", "), err)
-	}
-	var errs []error
-	for _, t := range topics {
-		if err := resp.Errors[t]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-			errs = append(errs, fmt.Errorf("create topic %s: %w", t, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func closeLogged(log *slog.Logger, what string, closeFn func() error) {
-	if err := closeFn(); err != nil {
-		log.Warn("closing the "+what, "err", err)
-	}
-}
-
-// splitList splits a comma-separated list, dropping empty items.
-func splitList(s string) []string {
-	var out []string
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			out = append(out, item)
-		}
-	}
-	return out
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/contract"
 	"github.com/emoflow/emoflow/internal/sink"
+	"github.com/emoflow/emoflow/internal/stage"
 	"github.com/emoflow/emoflow/internal/testenv"
 )
 
@@ -83,7 +84,7 @@ func TestCurrentClickHouseAlerts(t *testing.T) {
 	}
 
 	t.Run("same rows on 18.16", func(t *testing.T) {
-		conn, err := openClickHouse(splitList(testenv.ClickHouse(t)), "default", "", nil, 30*time.Second)
+		conn, err := openClickHouse(stage.SplitList(testenv.ClickHouse(t)), "default", "", nil, 30*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/emoflow/emoflow/internal/contract"
 	"github.com/emoflow/emoflow/internal/service"
 	"github.com/emoflow/emoflow/internal/sink"
+	"github.com/emoflow/emoflow/internal/stage"
 	"github.com/emoflow/emoflow/internal/testenv"
 )
 
@@ -51,7 +52,7 @@ func newIntegration(t *testing.T) *integration {
 	if err := os.WriteFile(in.rulesPath, []byte(testRules), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := openClickHouse(splitList(in.clickhouse), "default", "", nil, 30*time.Second)
+	conn, err := openClickHouse(stage.SplitList(in.clickhouse), "default", "", nil, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +71,7 @@ func newIntegration(t *testing.T) *integration {
 			t.Fatalf("%s: %v", s, err)
 		}
 	}
-	if err := ensureTopics(ctx, in.kafkaClient(), []string{in.events, in.alerts}, testPartitions, 1); err != nil {
+	if err := stage.EnsureTopics(ctx, in.kafkaClient(), []string{in.events, in.alerts}, testPartitions, 1); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -93,7 +94,7 @@ func newIntegration(t *testing.T) *integration {
 }
 
 func (in *integration) kafkaClient() *kafka.Client {
-	return &kafka.Client{Addr: kafka.TCP(splitList(in.brokers)...), Timeout: 30 * time.Second}
+	return &kafka.Client{Addr: kafka.TCP(stage.SplitList(in.brokers)...), Timeout: 30 * time.Second}
 }
 
 func (in *integration) args(extra ...string) []string {
@@ -244,7 +245,7 @@ func buildTraffic(perScript int) traffic {
 func (in *integration) produceSlowly(t *testing.T, msgs []kafka.Message, chunk int, pause time.Duration) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		w := &kafka.Writer{Addr: kafka.TCP(splitList(in.brokers)...), Topic: in.events, Balancer: &kafka.Murmur2Balancer{},
+		w := &kafka.Writer{Addr: kafka.TCP(stage.SplitList(in.brokers)...), Topic: in.events, Balancer: &kafka.Murmur2Balancer{},
 			RequiredAcks: kafka.RequireAll, BatchSize: chunk, BatchTimeout: 5 * time.Millisecond}
 		defer w.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -328,7 +329,7 @@ func (p *process) wait(t *testing.T, timeout time.Duration) error {
 // signals each message it reads.
 func (in *integration) watchTopic(t *testing.T, topic string) <-chan struct{} {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: splitList(in.brokers), Topic: topic, GroupID: in.group + "_watch",
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: stage.SplitList(in.brokers), Topic: topic, GroupID: in.group + "_watch",
 		StartOffset: kafka.FirstOffset, MinBytes: 1, MaxBytes: 1 << 20, MaxWait: 10 * time.Millisecond, WatchPartitionChanges: true,
 		PartitionWatchInterval: 100 * time.Millisecond, HeartbeatInterval: time.Second, SessionTimeout: 6 * time.Second})
 	seen := make(chan struct{}, 100000)
@@ -428,7 +429,7 @@ func (in *integration) readTopic(t *testing.T, topic string) []kafka.Message {
 		if end == 0 {
 			continue
 		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: splitList(in.brokers), Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: stage.SplitList(in.brokers), Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
 		for {
 			m, err := r.ReadMessage(ctx)
 			if err != nil {

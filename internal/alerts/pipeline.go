@@ -19,22 +19,8 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/stage"
 )
-
-// fetchErrorPause is the wait after a fetch error: the reader retries by
-// itself, and the pause keeps a lasting error from spinning the loop.
-const fetchErrorPause = 500 * time.Millisecond
-
-// messageSource is the consumer group's reader (a *kafka.Reader).
-type messageSource interface {
-	FetchMessage(ctx context.Context) (kafka.Message, error)
-	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
-}
-
-// messageWriter writes to a topic (a *kafka.Writer).
-type messageWriter interface {
-	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
-}
 
 type pipelineConfig struct {
 	BatchSize     int
@@ -78,11 +64,11 @@ type pipelineConfig struct {
 type pipeline struct {
 	cfg         pipelineConfig
 	rules       *Rules
-	src         messageSource
+	src         stage.MessageSource
 	states      stateStore
 	store       alertStore
-	alerts      messageWriter
-	deadLetters messageWriter
+	alerts      stage.MessageWriter
+	deadLetters stage.MessageWriter
 	m           *metrics
 	health      func(step string, err error)
 	log         *slog.Logger
@@ -121,8 +107,8 @@ type entry struct {
 	key       convKey
 }
 
-func newPipeline(cfg pipelineConfig, rules *Rules, src messageSource, states stateStore, store alertStore,
-	alerts, deadLetters messageWriter, m *metrics, health func(string, error), log *slog.Logger) *pipeline {
+func newPipeline(cfg pipelineConfig, rules *Rules, src stage.MessageSource, states stateStore, store alertStore,
+	alerts, deadLetters stage.MessageWriter, m *metrics, health func(string, error), log *slog.Logger) *pipeline {
 	if cfg.MaxPending <= 0 {
 		cfg.MaxPending = 100 * cfg.BatchSize
 	}
@@ -178,7 +164,7 @@ func (p *pipeline) fetch(ctx context.Context) error {
 				return fmt.Errorf("events reader closed: %w", err)
 			}
 			p.log.Warn("fetching from the events topic failed; the reader retries", "err", err)
-			if !sleep(ctx, fetchErrorPause) {
+			if !stage.Sleep(ctx, stage.FetchErrorPause) {
 				return nil
 			}
 			continue
@@ -221,7 +207,7 @@ func (p *pipeline) add(m kafka.Message) {
 		}
 		p.log.Warn("malformed event; sending it to the dead-letter topic",
 			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", inv.Reason, "detail", inv.Detail)
-		dl := newDeadLetter(m, inv, time.Now())
+		dl := stage.NewDeadLetter(m, inv, time.Now())
 		e.dead = &dl
 		p.m.events.WithLabelValues(outcomeDeadLetter).Inc()
 		return
@@ -617,32 +603,4 @@ var (
 
 func invalid(r contract.Reason, format string, args ...any) error {
 	return &contract.InvalidError{Reason: r, Detail: fmt.Sprintf(format, args...)}
-}
-
-// newDeadLetter is m with its key, value and headers, followed by the
-// contract's dead-letter headers.
-func newDeadLetter(m kafka.Message, inv *contract.InvalidError, rejectedAt time.Time) kafka.Message {
-	headers := make([]kafka.Header, 0, len(m.Headers)+6)
-	headers = append(headers, m.Headers...)
-	headers = append(headers,
-		kafka.Header{Key: contract.HeaderReason, Value: []byte(inv.Reason)},
-		kafka.Header{Key: contract.HeaderDetail, Value: []byte(inv.Detail)},
-		kafka.Header{Key: contract.HeaderSourceTopic, Value: []byte(m.Topic)},
-		kafka.Header{Key: contract.HeaderSourcePartition, Value: []byte(strconv.Itoa(m.Partition))},
-		kafka.Header{Key: contract.HeaderSourceOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))},
-		kafka.Header{Key: contract.HeaderRejectedAt, Value: []byte(rejectedAt.UTC().Format(time.RFC3339Nano))},
-	)
-	return kafka.Message{Key: m.Key, Value: m.Value, Headers: headers}
-}
-
-// sleep waits for d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/stage"
 )
 
 // fakeSource serves one partition's messages from an offset, then io.EOF.
@@ -143,7 +144,7 @@ func newHarness(t *testing.T) *harness {
 		alerts: &recordingWriter{}, deadLetters: &recordingWriter{}, store: &recordingStore{}, m: m}
 }
 
-func (h *harness) pipeline(src messageSource, adapter string, window time.Duration) *pipeline {
+func (h *harness) pipeline(src stage.MessageSource, adapter string, window time.Duration) *pipeline {
 	return newPipeline(pipelineConfig{BatchSize: 4, FlushInterval: time.Second, StepTimeout: time.Second,
 		DrainTimeout: 50 * time.Millisecond, MaxEventBytes: 4096, Adapter: adapter, ReorderWindow: window,
 		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Millisecond) }},

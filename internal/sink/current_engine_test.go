@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emoflow/emoflow/internal/stage"
 	"github.com/emoflow/emoflow/internal/testenv"
 )
 
@@ -228,7 +229,7 @@ func TestCurrentClickHouse(t *testing.T) {
 	}
 
 	t.Run("same rows on 18.16", func(t *testing.T) {
-		conn, err := openClickHouse(clickhouseOptions{Addrs: splitList(testenv.ClickHouse(t)), User: "default", Timeout: 30 * time.Second})
+		conn, err := openClickHouse(clickhouseOptions{Addrs: stage.SplitList(testenv.ClickHouse(t)), User: "default", Timeout: 30 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/contract"
 	"github.com/emoflow/emoflow/internal/service"
+	"github.com/emoflow/emoflow/internal/stage"
 	"github.com/emoflow/emoflow/internal/testenv"
 )
 
@@ -45,7 +46,7 @@ func newIntegration(t testing.TB) *integration {
 		group:      name + "_group",
 		database:   name,
 	}
-	conn, err := openClickHouse(clickhouseOptions{Addrs: splitList(in.clickhouse), User: "default", Timeout: 30 * time.Second})
+	conn, err := openClickHouse(clickhouseOptions{Addrs: stage.SplitList(in.clickhouse), User: "default", Timeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +54,7 @@ func newIntegration(t testing.TB) *integration {
 	client := in.kafkaClient()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := ensureTopics(ctx, client, []string{in.topic}, eventsTopicPartitions, 1); err != nil {
+	if err := stage.EnsureTopics(ctx, client, []string{in.topic}, eventsTopicPartitions, 1); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -71,7 +72,7 @@ func newIntegration(t testing.TB) *integration {
 }
 
 func (in *integration) kafkaClient() *kafka.Client {
-	return &kafka.Client{Addr: kafka.TCP(splitList(in.brokers)...), Timeout: 30 * time.Second}
+	return &kafka.Client{Addr: kafka.TCP(stage.SplitList(in.brokers)...), Timeout: 30 * time.Second}
 }
 
 // args are the sink's flags for this test's topics, group and database.
@@ -221,7 +222,7 @@ func testEvents(n int) []contract.EmotionEvent {
 
 func (in *integration) newWriter() *kafka.Writer {
 	return &kafka.Writer{
-		Addr:         kafka.TCP(splitList(in.brokers)...),
+		Addr:         kafka.TCP(stage.SplitList(in.brokers)...),
 		Topic:        in.topic,
 		Balancer:     &kafka.Hash{},
 		RequiredAcks: kafka.RequireAll,
@@ -581,7 +582,7 @@ func TestSinkDeadLettersMalformedEventsAndKeepsGoing(t *testing.T) {
 	in.waitForDedupCount(t, int64(len(events)), 90*time.Second)
 	in.checkEachEventOnce(t, events)
 
-	dlq := kafka.NewReader(kafka.ReaderConfig{Brokers: splitList(in.brokers), Topic: in.deadLetter, Partition: 0, MaxWait: 200 * time.Millisecond})
+	dlq := kafka.NewReader(kafka.ReaderConfig{Brokers: stage.SplitList(in.brokers), Topic: in.deadLetter, Partition: 0, MaxWait: 200 * time.Millisecond})
 	defer dlq.Close()
 	for i, b := range bads {
 		m, err := dlq.ReadMessage(ctx)

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/emoflow/emoflow/internal/stage"
 )
 
 func (in *integration) migrator() *migrator {
@@ -97,7 +99,7 @@ func TestMigrationsFromSeveralSinksAtOnce(t *testing.T) {
 	for i := range sinks {
 		wg.Go(func() {
 			// Each with its own pool, like separate processes.
-			conn, err := openClickHouse(clickhouseOptions{Addrs: splitList(in.clickhouse), User: "default", Timeout: 30 * time.Second})
+			conn, err := openClickHouse(clickhouseOptions{Addrs: stage.SplitList(in.clickhouse), User: "default", Timeout: 30 * time.Second})
 			if err != nil {
 				errs[i] = err
 				return

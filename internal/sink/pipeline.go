@@ -13,27 +13,12 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/stage"
 )
-
-// fetchErrorPause is the wait after a fetch error: the reader retries by
-// itself, and the pause keeps a lasting error from spinning the loop.
-const fetchErrorPause = 500 * time.Millisecond
-
-// messageSource is the consumer group's reader (a *kafka.Reader).
-type messageSource interface {
-	FetchMessage(ctx context.Context) (kafka.Message, error)
-	// CommitMessages commits, per partition, the highest offset given.
-	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
-}
 
 // eventStore stores event rows (ClickHouse).
 type eventStore interface {
 	Insert(ctx context.Context, rows []eventRow) error
-}
-
-// messageWriter writes to the dead-letter topic (a *kafka.Writer).
-type messageWriter interface {
-	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
 }
 
 // pipelineConfig is how the pipeline batches and retries.
@@ -65,9 +50,9 @@ type pipelineConfig struct {
 // only after everything before it on its partition is stored or dead-lettered.
 type pipeline struct {
 	cfg         pipelineConfig
-	src         messageSource
+	src         stage.MessageSource
 	store       eventStore
-	deadLetters messageWriter
+	deadLetters stage.MessageWriter
 	metrics     *metrics
 	health      *health
 	log         *slog.Logger
@@ -101,7 +86,7 @@ type batch struct {
 	inserted           bool
 }
 
-func newPipeline(cfg pipelineConfig, src messageSource, store eventStore, deadLetters messageWriter,
+func newPipeline(cfg pipelineConfig, src stage.MessageSource, store eventStore, deadLetters stage.MessageWriter,
 	m *metrics, h *health, log *slog.Logger) *pipeline {
 	return &pipeline{
 		cfg: cfg, src: src, store: store, deadLetters: deadLetters,
@@ -153,7 +138,7 @@ func (p *pipeline) fill(ctx context.Context) (*batch, error) {
 			}
 			p.metrics.fetchErrors.Inc()
 			p.log.Warn("fetching from the events topic failed; the reader retries", "err", err)
-			if !sleep(ctx, fetchErrorPause) {
+			if !stage.Sleep(ctx, stage.FetchErrorPause) {
 				return b, nil
 			}
 			continue
@@ -183,28 +168,11 @@ func (p *pipeline) add(b *batch, m kafka.Message) {
 		}
 		p.log.Warn("malformed event; sending it to the dead-letter topic",
 			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", inv.Reason, "detail", inv.Detail)
-		b.deadLetters = append(b.deadLetters, newDeadLetter(m, inv, time.Now()))
+		b.deadLetters = append(b.deadLetters, stage.NewDeadLetter(m, inv, time.Now()))
 		b.reasons = append(b.reasons, inv.Reason)
 		return
 	}
 	b.rows = append(b.rows, newEventRow(&ev, m.Partition, m.Offset))
-}
-
-// newDeadLetter is m with its key, value and headers, followed by the
-// contract's dead-letter headers: why it was rejected, when, and where it
-// came from.
-func newDeadLetter(m kafka.Message, inv *contract.InvalidError, rejectedAt time.Time) kafka.Message {
-	headers := make([]kafka.Header, 0, len(m.Headers)+6)
-	headers = append(headers, m.Headers...)
-	headers = append(headers,
-		kafka.Header{Key: contract.HeaderReason, Value: []byte(inv.Reason)},
-		kafka.Header{Key: contract.HeaderDetail, Value: []byte(inv.Detail)},
-		kafka.Header{Key: contract.HeaderSourceTopic, Value: []byte(m.Topic)},
-		kafka.Header{Key: contract.HeaderSourcePartition, Value: []byte(strconv.Itoa(m.Partition))},
-		kafka.Header{Key: contract.HeaderSourceOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))},
-		kafka.Header{Key: contract.HeaderRejectedAt, Value: []byte(rejectedAt.UTC().Format(time.RFC3339Nano))},
-	)
-	return kafka.Message{Key: m.Key, Value: m.Value, Headers: headers}
 }
 
 // storeBatch flushes b; if ctx ends first, it tries once more, bounded by
@@ -327,16 +295,4 @@ func (p *pipeline) observeFetch(tp topicPartition, m kafka.Message) {
 
 func (p *pipeline) setLag(tp topicPartition, l *partitionLag) {
 	p.metrics.consumerLag.WithLabelValues(tp.topic, strconv.Itoa(tp.partition)).Set(float64(max(l.highWaterMark-l.next, 0)))
-}
-
-// sleep waits for d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -13,8 +13,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/secure"
 	"github.com/emoflow/emoflow/internal/service"
+	"github.com/emoflow/emoflow/internal/stage"
 )
 
 // kafkaTimeout bounds each dead-letter write, offset commit and topic
@@ -92,7 +91,7 @@ func (cfg *config) validate() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	check(len(splitList(cfg.KafkaBrokers)) > 0, "-kafka-brokers is empty")
+	check(len(stage.SplitList(cfg.KafkaBrokers)) > 0, "-kafka-brokers is empty")
 	check(cfg.EventsTopic != "", "-events-topic is empty")
 	check(cfg.DeadLetterTopic != "", "-dead-letter-topic is empty")
 	check(cfg.DeadLetterTopic != cfg.EventsTopic, "-dead-letter-topic must differ from -events-topic")
@@ -100,7 +99,7 @@ func (cfg *config) validate() error {
 	check(cfg.TopicPartitions > 0, "-topic-partitions must be positive")
 	check(cfg.TopicReplicationFactor > 0, "-topic-replication-factor must be positive")
 	check(cfg.KafkaSessionTimeout > 0, "-kafka-session-timeout must be positive")
-	check(len(splitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
+	check(len(stage.SplitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
 	check(identifier.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
 	check(cfg.ClickHouseCluster == "" || identifier.MatchString(cfg.ClickHouseCluster), "-clickhouse-cluster %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseCluster)
 	check(cfg.BatchSize > 0, "-batch-size must be positive")
@@ -139,7 +138,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		return &service.ConfigError{Err: err}
 	}
 	conn, err := openClickHouse(clickhouseOptions{
-		Addrs:    splitList(cfg.ClickHouseAddr),
+		Addrs:    stage.SplitList(cfg.ClickHouseAddr),
 		User:     chUser,
 		Password: chPassword,
 		TLS:      chTLS,
@@ -155,7 +154,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		conn: conn, database: cfg.ClickHouseDatabase, cluster: cfg.ClickHouseCluster,
 		user: chUser, password: chPassword, timeout: cfg.InsertTimeout,
 	}
-	err = retryStartup(ctx, h, log, "clickhouse migrations", func(ctx context.Context) error {
+	err = stage.RetryStartup(ctx, log, h.notReadyBecause, "clickhouse migrations", func(ctx context.Context) error {
 		applied, changed, err := mig.Migrate(ctx, migrations)
 		var unknown *unknownClusterError
 		if errors.As(err, &unknown) {
@@ -173,62 +172,43 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		return nil
 	})
 	if err != nil {
-		return startupError(ctx, err)
+		return stage.StartupError(ctx, err)
 	}
 
-	brokers := splitList(cfg.KafkaBrokers)
+	brokers := stage.SplitList(cfg.KafkaBrokers)
 	if cfg.CreateTopics {
 		client := kconn.Client(brokers, kafkaTimeout)
 		topics := []string{cfg.EventsTopic, cfg.DeadLetterTopic}
-		err = retryStartup(ctx, h, log, "kafka topics", func(ctx context.Context) error {
-			return ensureTopics(ctx, client, topics, cfg.TopicPartitions, cfg.TopicReplicationFactor)
+		err = stage.RetryStartup(ctx, log, h.notReadyBecause, "kafka topics", func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, kafkaTimeout)
+			defer cancel()
+			return stage.EnsureTopics(ctx, client, topics, cfg.TopicPartitions, cfg.TopicReplicationFactor)
 		})
 		if err != nil {
-			return startupError(ctx, err)
+			return stage.StartupError(ctx, err)
 		}
 	}
 
-	kafkaErrors := kafka.LoggerFunc(func(msg string, args ...any) {
-		log.Warn("kafka: " + fmt.Sprintf(msg, args...))
+	reader := stage.NewReader(stage.ReaderOptions{
+		Brokers:        brokers,
+		GroupID:        cfg.GroupID,
+		Topic:          cfg.EventsTopic,
+		MaxWait:        500 * time.Millisecond,
+		SessionTimeout: cfg.KafkaSessionTimeout,
+		Dialer:         kconn.Dialer(0),
+		Log:            log,
 	})
-	reader := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:               brokers,
-		GroupID:               cfg.GroupID,
-		Topic:                 cfg.EventsTopic,
-		MinBytes:              1,
-		MaxBytes:              8 << 20,
-		MaxWait:               500 * time.Millisecond,
-		QueueCapacity:         1000,
-		StartOffset:           kafka.FirstOffset,
-		SessionTimeout:        cfg.KafkaSessionTimeout,
-		HeartbeatInterval:     cfg.KafkaSessionTimeout / 4,
-		WatchPartitionChanges: true,
-		// CommitInterval 0: CommitMessages commits before it returns.
-		ErrorLogger: kafkaErrors,
-		Dialer:      kconn.Dialer(0),
-	})
-	defer func() {
-		if err := reader.Close(); err != nil {
-			log.Warn("closing the events reader", "err", err)
-		}
-	}()
-	deadLetters := &kafka.Writer{
-		Addr:         kafka.TCP(brokers...),
+	defer stage.CloseLogged(log, "events reader", reader.Close)
+	deadLetters := stage.NewWriter(stage.WriterOptions{
+		Brokers:      brokers,
 		Transport:    kconn.Transport(),
 		Topic:        cfg.DeadLetterTopic,
 		Balancer:     &kafka.Hash{},
-		RequiredAcks: kafka.RequireAll,
-		// Dead letters are written in one call per batch; do not wait for
-		// more.
 		BatchTimeout: 10 * time.Millisecond,
 		WriteTimeout: kafkaTimeout,
-		ErrorLogger:  kafkaErrors,
-	}
-	defer func() {
-		if err := deadLetters.Close(); err != nil {
-			log.Warn("closing the dead-letter writer", "err", err)
-		}
-	}()
+		Log:          log,
+	})
+	defer stage.CloseLogged(log, "dead-letter writer", deadLetters.Close)
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var watching sync.WaitGroup
@@ -243,71 +223,9 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		KafkaTimeout:  kafkaTimeout,
 		DrainTimeout:  cfg.DrainTimeout,
 		MaxEventBytes: cfg.MaxEventBytes,
-		Backoff:       newRetryBackoff,
+		Backoff:       stage.NewRetryBackoff,
 	}, reader, store, deadLetters, m, h, log)
 	h.started()
 	log.Info("consuming", "topic", cfg.EventsTopic, "group", cfg.GroupID, "batch_size", cfg.BatchSize, "flush_interval", cfg.FlushInterval)
 	return p.run(ctx)
-}
-
-// newRetryBackoff is the retry policy of inserts, dead-letter writes and
-// start-up steps: exponential up to 5s between attempts, forever.
-func newRetryBackoff() backoff.BackOff {
-	return backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(200*time.Millisecond),
-		backoff.WithMaxInterval(5*time.Second),
-		backoff.WithMaxElapsedTime(0),
-	)
-}
-
-// retryStartup runs a start-up step until it succeeds or ctx ends; meanwhile
-// /readyz says which step waits and why.
-func retryStartup(ctx context.Context, h *health, log *slog.Logger, step string, op func(context.Context) error) error {
-	h.notReadyBecause("starting: " + step)
-	return backoff.RetryNotify(func() error { return op(ctx) }, backoff.WithContext(newRetryBackoff(), ctx),
-		func(err error, wait time.Duration) {
-			h.notReadyBecause(fmt.Sprintf("starting: %s: %v", step, err))
-			log.Warn("start-up step failed; retrying", "step", step, "retry_in", wait, "err", err)
-		})
-}
-
-// startupError is nil when start-up ended because ctx did (a shutdown
-// before the sink was ready is not a failure).
-func startupError(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return nil
-	}
-	return err
-}
-
-// ensureTopics creates those of topics that do not exist.
-func ensureTopics(ctx context.Context, client *kafka.Client, topics []string, partitions, replicationFactor int) error {
-	req := &kafka.CreateTopicsRequest{}
-	for _, t := range topics {
-		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: replicationFactor})
-	}
-	ctx, cancel := context.WithTimeout(ctx, kafkaTimeout)
-	defer cancel()
-	resp, err := client.CreateTopics(ctx, req)
-	if err != nil {
-		return fmt.Errorf("create topics %s: %w", strings.Join(topics, ", "), err)
-	}
-	var errs []error
-	for _, t := range topics {
-		if err := resp.Errors[t]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-			errs = append(errs, fmt.Errorf("create topic %s: %w", t, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// splitList splits a comma-separated list, dropping empty items.
-func splitList(s string) []string {
-	var out []string
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			out = append(out, item)
-		}
-	}
-	return out
 }
