@@ -10,10 +10,8 @@ import (
 	"log/slog"
 	"math"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
@@ -82,19 +80,11 @@ type pipeline struct {
 	// next offset committed.
 	fetched   map[topicPartition]int64
 	committed map[topicPartition]int64
-	lag       map[topicPartition]*partitionLag
+	lag       *stage.ConsumerLag
 }
 
-type topicPartition struct {
-	topic     string
-	partition int
-}
-
-// partitionLag is what the consumer-lag gauge is computed from.
-type partitionLag struct {
-	highWaterMark int64 // of the newest fetch
-	next          int64 // the next offset to commit
-}
+// topicPartition names one partition of a topic.
+type topicPartition = stage.TopicPartition
 
 // entry is one fetched message: a dead letter, an event to apply, or
 // neither (an event that does not count).
@@ -115,7 +105,7 @@ func newPipeline(cfg pipelineConfig, rules *Rules, src stage.MessageSource, stat
 	return &pipeline{
 		cfg: cfg, rules: rules, src: src, states: states, store: store, alerts: alerts, deadLetters: deadLetters,
 		m: m, health: health, log: log, now: time.Now,
-		fetched: map[topicPartition]int64{}, committed: map[topicPartition]int64{}, lag: map[topicPartition]*partitionLag{},
+		fetched: map[topicPartition]int64{}, committed: map[topicPartition]int64{}, lag: stage.NewConsumerLag(m.consumerLag),
 	}
 }
 
@@ -182,19 +172,11 @@ func (p *pipeline) fetch(ctx context.Context) error {
 
 // add decodes m into a pending entry.
 func (p *pipeline) add(m kafka.Message) {
-	tp := topicPartition{m.Topic, m.Partition}
+	tp := topicPartition{Topic: m.Topic, Partition: m.Partition}
 	if off, ok := p.fetched[tp]; !ok || m.Offset > off {
 		p.fetched[tp] = m.Offset
 	}
-	l := p.lag[tp]
-	if l == nil {
-		// Until the first commit, the first offset fetched is the best
-		// guess of the committed one.
-		l = &partitionLag{next: m.Offset}
-		p.lag[tp] = l
-	}
-	l.highWaterMark = m.HighWaterMark
-	p.setLag(tp, l)
+	p.lag.Fetched(m)
 
 	p.seq++
 	e := &entry{msg: m, fetchedAt: p.now(), seq: p.seq}
@@ -360,7 +342,7 @@ func (p *pipeline) prepare(ready []*entry) *batch {
 	}
 	oldest := map[topicPartition]int64{}
 	for _, e := range p.pending {
-		tp := topicPartition{e.msg.Topic, e.msg.Partition}
+		tp := topicPartition{Topic: e.msg.Topic, Partition: e.msg.Partition}
 		if off, ok := oldest[tp]; !ok || e.msg.Offset < off {
 			oldest[tp] = e.msg.Offset
 		}
@@ -512,7 +494,7 @@ func (p *pipeline) commit(ctx context.Context, b *batch) error {
 	msgs := make([]kafka.Message, 0, len(b.commit))
 	for tp, next := range b.commit {
 		// CommitMessages commits the offset after the message's.
-		msgs = append(msgs, kafka.Message{Topic: tp.topic, Partition: tp.partition, Offset: next - 1})
+		msgs = append(msgs, kafka.Message{Topic: tp.Topic, Partition: tp.Partition, Offset: next - 1})
 	}
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.StepTimeout)
 	defer cancel()
@@ -526,16 +508,9 @@ func (p *pipeline) commit(ctx context.Context, b *batch) error {
 	}
 	for tp, next := range b.commit {
 		p.committed[tp] = next
-		if l := p.lag[tp]; l != nil && next > l.next {
-			l.next = next
-			p.setLag(tp, l)
-		}
+		p.lag.Committed(tp, next)
 	}
 	return nil
-}
-
-func (p *pipeline) setLag(tp topicPartition, l *partitionLag) {
-	p.m.consumerLag.WithLabelValues(tp.topic, strconv.Itoa(tp.partition)).Set(float64(max(l.highWaterMark-l.next, 0)))
 }
 
 // retry runs op, each attempt bounded by StepTimeout, until it succeeds or
@@ -562,15 +537,9 @@ func (p *pipeline) retry(ctx context.Context, step string, op func(context.Conte
 // rules and the alert need must be there. Every error is a
 // *contract.InvalidError.
 func decodeEvent(raw []byte, maxBytes int) (contract.EmotionEvent, error) {
-	var ev contract.EmotionEvent
-	if maxBytes > 0 && len(raw) > maxBytes {
-		return ev, invalid(contract.ReasonTooLarge, "event is %d bytes, limit %d", len(raw), maxBytes)
-	}
-	if !utf8.Valid(raw) {
-		return ev, invalid(contract.ReasonInvalidUTF8, "event is not valid UTF-8")
-	}
-	if err := json.Unmarshal(raw, &ev); err != nil {
-		return ev, invalid(contract.UnmarshalReason(err), "%v", err)
+	ev, err := stage.UnmarshalEvent(raw, maxBytes)
+	if err != nil {
+		return ev, err
 	}
 	for _, f := range []struct{ name, value string }{
 		{"message_id", ev.MessageID},

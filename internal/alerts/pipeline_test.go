@@ -360,9 +360,9 @@ func TestTakeReadyPullsInLateEventsAndCommitsBelowThePending(t *testing.T) {
 		t.Fatalf("ready %v with %d pending; want c-m1,c-m0 and 3", got, len(p.pending))
 	}
 	b := p.prepare(ready)
-	if b.events[0].ev.MessageID != "c-m0" || b.commit[topicPartition{"events", 0}] != 11 {
+	if b.events[0].ev.MessageID != "c-m0" || b.commit[topicPartition{Topic: "events", Partition: 0}] != 11 {
 		t.Fatalf("applies %s first and commits up to %d; want c-m0 and 11 (o-m0 at offset 11 is pending)",
-			b.events[0].ev.MessageID, b.commit[topicPartition{"events", 0}])
+			b.events[0].ev.MessageID, b.commit[topicPartition{Topic: "events", Partition: 0}])
 	}
 	if len(p.takeReady(true)) != 3 || len(p.pending) != 0 {
 		t.Fatal("a final round does not take everything")

@@ -1,14 +1,13 @@
 package sink
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
 	"sort"
 	"time"
-	"unicode/utf8"
 
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/stage"
 )
 
 // The range a ClickHouse DateTime can hold (and clickhouse-go accepts); an
@@ -57,17 +56,9 @@ type eventRow struct {
 // a value ClickHouse or the driver would refuse would block its batch
 // forever.
 func decodeEvent(raw []byte, maxBytes int) (contract.EmotionEvent, error) {
-	var ev contract.EmotionEvent
-	if maxBytes > 0 && len(raw) > maxBytes {
-		return ev, invalid(contract.ReasonTooLarge, "event is %d bytes, limit %d", len(raw), maxBytes)
-	}
-	if !utf8.Valid(raw) {
-		return ev, invalid(contract.ReasonInvalidUTF8, "event is not valid UTF-8")
-	}
-	// Unmarshal, not a Decoder: it is a fifth faster on small objects and
-	// refuses trailing data itself.
-	if err := json.Unmarshal(raw, &ev); err != nil {
-		return ev, invalid(contract.UnmarshalReason(err), "%v", err)
+	ev, err := stage.UnmarshalEvent(raw, maxBytes)
+	if err != nil {
+		return ev, err
 	}
 	return ev, validateEvent(&ev)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -57,19 +56,11 @@ type pipeline struct {
 	health      *health
 	log         *slog.Logger
 	// lag is per partition; only the pipeline's goroutine uses it.
-	lag map[topicPartition]*partitionLag
+	lag *stage.ConsumerLag
 }
 
-type topicPartition struct {
-	topic     string
-	partition int
-}
-
-// partitionLag is what the consumer-lag gauge is computed from.
-type partitionLag struct {
-	highWaterMark int64 // of the newest fetch
-	next          int64 // the next offset to commit
-}
+// topicPartition names one partition of a topic.
+type topicPartition = stage.TopicPartition
 
 // batch is messages fetched and not yet committed.
 type batch struct {
@@ -91,7 +82,7 @@ func newPipeline(cfg pipelineConfig, src stage.MessageSource, store eventStore, 
 	return &pipeline{
 		cfg: cfg, src: src, store: store, deadLetters: deadLetters,
 		metrics: m, health: h, log: log,
-		lag: map[topicPartition]*partitionLag{},
+		lag: stage.NewConsumerLag(m.consumerLag),
 	}
 }
 
@@ -154,11 +145,11 @@ func (p *pipeline) fill(ctx context.Context) (*batch, error) {
 // add decodes m into b: a row, or a dead letter if m is malformed.
 func (p *pipeline) add(b *batch, m kafka.Message) {
 	b.messages++
-	tp := topicPartition{m.Topic, m.Partition}
+	tp := topicPartition{Topic: m.Topic, Partition: m.Partition}
 	if off, ok := b.last[tp]; !ok || m.Offset > off {
 		b.last[tp] = m.Offset
 	}
-	p.observeFetch(tp, m)
+	p.lag.Fetched(m)
 
 	ev, err := decodeEvent(m.Value, p.cfg.MaxEventBytes)
 	if err != nil {
@@ -250,7 +241,7 @@ func (p *pipeline) flush(ctx context.Context, b *batch) error {
 func (p *pipeline) commit(ctx context.Context, b *batch) error {
 	msgs := make([]kafka.Message, 0, len(b.last))
 	for tp, off := range b.last {
-		msgs = append(msgs, kafka.Message{Topic: tp.topic, Partition: tp.partition, Offset: off})
+		msgs = append(msgs, kafka.Message{Topic: tp.Topic, Partition: tp.Partition, Offset: off})
 	}
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.KafkaTimeout)
 	defer cancel()
@@ -263,10 +254,7 @@ func (p *pipeline) commit(ctx context.Context, b *batch) error {
 		return nil
 	}
 	for tp, off := range b.last {
-		if l := p.lag[tp]; l != nil && off+1 > l.next {
-			l.next = off + 1
-			p.setLag(tp, l)
-		}
+		p.lag.Committed(tp, off+1)
 	}
 	return nil
 }
@@ -279,20 +267,4 @@ func (p *pipeline) retry(ctx context.Context, timeout time.Duration, op func(con
 		defer cancel()
 		return op(actx)
 	}, backoff.WithContext(p.cfg.Backoff(), ctx), failed)
-}
-
-func (p *pipeline) observeFetch(tp topicPartition, m kafka.Message) {
-	l := p.lag[tp]
-	if l == nil {
-		// Until the first commit, the first offset fetched is the best guess
-		// of the committed one.
-		l = &partitionLag{next: m.Offset}
-		p.lag[tp] = l
-	}
-	l.highWaterMark = m.HighWaterMark
-	p.setLag(tp, l)
-}
-
-func (p *pipeline) setLag(tp topicPartition, l *partitionLag) {
-	p.metrics.consumerLag.WithLabelValues(tp.topic, strconv.Itoa(tp.partition)).Set(float64(max(l.highWaterMark-l.next, 0)))
 }
