@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -262,69 +261,6 @@ func (in *integration) produceSlowly(t *testing.T, msgs []kafka.Message, chunk i
 	return done
 }
 
-func buildAlerter(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "alerter")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/alerter")
-	cmd.Dir = testenv.RepoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/alerter: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// process is the alerter binary running as a child process.
-type process struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func startProcess(t *testing.T, bin string, args []string, name string) *process {
-	t.Helper()
-	logPath := filepath.Join(t.TempDir(), name+".log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &process{cmd: cmd, done: make(chan error, 1)}
-	go func() {
-		p.done <- cmd.Wait()
-		logFile.Close()
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.done
-		p.done <- nil
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			if len(out) > 20000 {
-				out = out[len(out)-20000:]
-			}
-			t.Logf("%s log (end):\n%s", name, out)
-		}
-	})
-	return p
-}
-
-func (p *process) wait(t *testing.T, timeout time.Duration) error {
-	t.Helper()
-	select {
-	case err := <-p.done:
-		p.done <- err
-		return err
-	case <-time.After(timeout):
-		t.Fatalf("alerter %d did not exit within %s", p.cmd.Process.Pid, timeout)
-		return nil
-	}
-}
-
 // watchTopic reads topic from its start in a consumer group of its own and
 // signals each message it reads.
 func (in *integration) watchTopic(t *testing.T, topic string) <-chan struct{} {
@@ -349,21 +285,6 @@ func (in *integration) watchTopic(t *testing.T, topic string) <-chan struct{} {
 		r.Close()
 	})
 	return seen
-}
-
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; %s", timeout, what, state)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // dedupIDs returns the alert ids of alerts_dedup with their row counts.
@@ -483,13 +404,13 @@ func (in *integration) committedToTheEnd(t *testing.T) (bool, string) {
 
 func TestAlerterKilledMidRunAlertsExactlyOnce(t *testing.T) {
 	in := newIntegration(t)
-	bin := buildAlerter(t)
+	bin := testenv.BuildCommand(t, "./cmd/alerter")
 	tr := buildTraffic(100)
 	t.Logf("%d messages on the events topic, %d alerts expected, %d malformed", len(tr.msgs), len(tr.expected), tr.malformed)
 	args := in.args("-batch-size=50", "-flush-interval=20ms")
 	produced := in.produceSlowly(t, tr.msgs, 50, 150*time.Millisecond)
 
-	alerter := startProcess(t, bin, args, "alerter 1")
+	alerter := testenv.StartProcess(t, bin, args, "alerter 1")
 	// The first two kills come the moment the 150th and the 450th alert
 	// appear on the topic: often after the publish and before the state is
 	// saved, the window in which an alert can be published twice.
@@ -520,21 +441,21 @@ func TestAlerterKilledMidRunAlertsExactlyOnce(t *testing.T) {
 		}},
 	}
 	for i, k := range kills {
-		waitUntil(t, 3*time.Minute, k.what, k.cond)
-		if err := alerter.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		testenv.WaitUntil(t, 3*time.Minute, k.what, k.cond)
+		if err := alerter.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		_ = alerter.wait(t, 30*time.Second)
+		_ = alerter.Wait(t, 30*time.Second)
 		if st, _ := in.longConvState(t, tr.longConv); st.Messages >= 2000 {
 			t.Fatalf("kill %d came after the alerter had applied every message; the test proves nothing", i+1)
 		}
 		t.Logf("kill %d at %s: %d alerts stored", i+1, k.what, len(in.dedupIDs(t)))
-		alerter = startProcess(t, bin, args, fmt.Sprintf("alerter %d", i+2))
+		alerter = testenv.StartProcess(t, bin, args, fmt.Sprintf("alerter %d", i+2))
 	}
 	if err := <-produced; err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 3*time.Minute, "every event consumed and committed", func() (bool, string) {
+	testenv.WaitUntil(t, 3*time.Minute, "every event consumed and committed", func() (bool, string) {
 		return in.committedToTheEnd(t)
 	})
 
@@ -563,10 +484,10 @@ func TestAlerterKilledMidRunAlertsExactlyOnce(t *testing.T) {
 			st.Messages, len(raw), ttl, raw)
 	}
 
-	if err := alerter.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := alerter.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := alerter.wait(t, 60*time.Second); err != nil {
+	if err := alerter.Wait(t, 60*time.Second); err != nil {
 		t.Errorf("the last alerter exited with %v after SIGTERM, want 0", err)
 	}
 }
@@ -653,7 +574,7 @@ func TestAlerterWaitsForTheAlertsTableAndIsReadyOnceItExists(t *testing.T) {
 			func(rt *service.Runtime) { started <- rt })
 	}()
 	rt := <-started
-	waitUntil(t, 30*time.Second, "/readyz naming the missing table", func() (bool, string) {
+	testenv.WaitUntil(t, 30*time.Second, "/readyz naming the missing table", func() (bool, string) {
 		_, why := rt.Ready()
 		return strings.Contains(why, "starting: clickhouse alerts table") && strings.Contains(why, missing+".alerts does not exist"), why
 	})
@@ -671,7 +592,7 @@ func TestAlerterWaitsForTheAlertsTableAndIsReadyOnceItExists(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, 60*time.Second, "ready once the table exists", func() (bool, string) {
+	testenv.WaitUntil(t, 60*time.Second, "ready once the table exists", func() (bool, string) {
 		ok, why := rt.Ready()
 		return ok, why
 	})
@@ -708,17 +629,17 @@ func TestBadRulesFileStopsTheAlerterWithAConfigurationError(t *testing.T) {
 
 func TestTwoAlertersShareThePartitionsAndOneIsKilled(t *testing.T) {
 	in := newIntegration(t)
-	bin := buildAlerter(t)
+	bin := testenv.BuildCommand(t, "./cmd/alerter")
 	tr := buildTraffic(40)
 	args := in.args("-batch-size=50", "-flush-interval=20ms")
 	produced := in.produceSlowly(t, tr.msgs, 50, 100*time.Millisecond)
 	onTopic := in.watchTopic(t, in.alerts)
-	a := startProcess(t, bin, args, "alerter a")
-	b := startProcess(t, bin, args, "alerter b")
+	a := testenv.StartProcess(t, bin, args, "alerter a")
+	b := testenv.StartProcess(t, bin, args, "alerter b")
 	// Once both members own partitions, kill one of them the moment the
 	// 100th alert appears (or the next one after that): its partitions (and
 	// their conversations' states in Redis) move to the other.
-	waitUntil(t, 2*time.Minute, "both alerters owning partitions", func() (bool, string) {
+	testenv.WaitUntil(t, 2*time.Minute, "both alerters owning partitions", func() (bool, string) {
 		return in.groupShared(t)
 	})
 	seen := 0
@@ -734,10 +655,10 @@ func TestTwoAlertersShareThePartitionsAndOneIsKilled(t *testing.T) {
 			t.Fatalf("%d alerts on the topic and none for a minute", seen)
 		}
 	}
-	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := a.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	_ = a.wait(t, 30*time.Second)
+	_ = a.Wait(t, 30*time.Second)
 	st, _ := in.longConvState(t, tr.longConv)
 	if st.Messages >= 2000 {
 		t.Fatal("the kill came after every message was applied; the test proves nothing")
@@ -746,14 +667,14 @@ func TestTwoAlertersShareThePartitionsAndOneIsKilled(t *testing.T) {
 	if err := <-produced; err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 3*time.Minute, "every event consumed and committed by the survivor", func() (bool, string) {
+	testenv.WaitUntil(t, 3*time.Minute, "every event consumed and committed by the survivor", func() (bool, string) {
 		return in.committedToTheEnd(t)
 	})
 	in.checkEachAlertOnce(t, tr)
-	if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := b.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.wait(t, 60*time.Second); err != nil {
+	if err := b.Wait(t, 60*time.Second); err != nil {
 		t.Errorf("the surviving alerter exited with %v after SIGTERM, want 0", err)
 	}
 }

@@ -434,7 +434,7 @@ func TestClusterSchema(t *testing.T) {
 		const down = 3
 		c.Stop(t, down)
 		s := startSink(t, in.args("-clickhouse-cluster="+c.Name, "-insert-timeout=3s"))
-		waitUntil(t, 30*time.Second, "a failed attempt at the migrations", func() (bool, string) {
+		testenv.WaitUntil(t, 30*time.Second, "a failed attempt at the migrations", func() (bool, string) {
 			_, why := s.rt.Ready()
 			return strings.HasPrefix(why, "starting: clickhouse migrations: "), why
 		})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/contract"
 	"github.com/emoflow/emoflow/internal/service"
+	"github.com/emoflow/emoflow/internal/testenv"
 )
 
 func TestDecodeEventFlattensAValidEvent(t *testing.T) {
@@ -202,12 +203,12 @@ func TestHealthFollowsPings(t *testing.T) {
 		})
 	}()
 	results <- errors.New("connection refused")
-	waitUntil(t, 5*time.Second, "readiness to follow a failed ping", func() (bool, string) {
+	testenv.WaitUntil(t, 5*time.Second, "readiness to follow a failed ping", func() (bool, string) {
 		hist := ready.history()
 		return hist[len(hist)-1] == "clickhouse unreachable: connection refused", strings.Join(hist, "|")
 	})
 	results <- nil
-	waitUntil(t, 5*time.Second, "readiness to follow a good ping", func() (bool, string) {
+	testenv.WaitUntil(t, 5*time.Second, "readiness to follow a good ping", func() (bool, string) {
 		hist := ready.history()
 		return hist[len(hist)-1] == "", strings.Join(hist, "|")
 	})

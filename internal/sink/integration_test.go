@@ -309,7 +309,7 @@ func (in *integration) dedupCount(t *testing.T) int64 {
 
 func (in *integration) waitForDedupCount(t *testing.T, want int64, timeout time.Duration) {
 	t.Helper()
-	waitUntil(t, timeout, fmt.Sprintf("%d rows in events_dedup", want), func() (bool, string) {
+	testenv.WaitUntil(t, timeout, fmt.Sprintf("%d rows in events_dedup", want), func() (bool, string) {
 		n := in.dedupCount(t)
 		return n == want, fmt.Sprintf("events_dedup has %d rows", n)
 	})
@@ -516,7 +516,7 @@ func TestSinkStoresEachEventOnceEvenWhenDeliveredTwice(t *testing.T) {
 	// A redelivery: the same events once more, as after a crash between an
 	// insert and its commit.
 	in.produce(t, events)
-	waitUntil(t, 90*time.Second, "the sink to insert the redelivered events", func() (bool, string) {
+	testenv.WaitUntil(t, 90*time.Second, "the sink to insert the redelivered events", func() (bool, string) {
 		n := s.metric(t, "emoflow_sink_rows_inserted_total")
 		return n >= float64(2*len(events)), fmt.Sprintf("rows inserted: %v", n)
 	})
@@ -606,7 +606,7 @@ func TestSinkDeadLettersMalformedEventsAndKeepsGoing(t *testing.T) {
 	if n := s.metric(t, "emoflow_sink_dead_letters_total"); n != float64(len(bads)) {
 		t.Errorf("dead letters metric = %v, want %d", n, len(bads))
 	}
-	waitUntil(t, 30*time.Second, "offsets committed past the dead letters", func() (bool, string) {
+	testenv.WaitUntil(t, 30*time.Second, "offsets committed past the dead letters", func() (bool, string) {
 		return in.committedToTheEnd(t)
 	})
 }
@@ -614,7 +614,7 @@ func TestSinkDeadLettersMalformedEventsAndKeepsGoing(t *testing.T) {
 func TestSinkIsNotReadyWhileClickHouseIsUnreachable(t *testing.T) {
 	// Nothing listens on port 1; migrations cannot run.
 	s := startSink(t, []string{"-http-addr=127.0.0.1:0", "-clickhouse-addr=127.0.0.1:1", "-insert-timeout=1s"})
-	waitUntil(t, 30*time.Second, "/readyz to explain the wait for ClickHouse", func() (bool, string) {
+	testenv.WaitUntil(t, 30*time.Second, "/readyz to explain the wait for ClickHouse", func() (bool, string) {
 		code, body := s.readyz(t)
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "clickhouse migrations"), fmt.Sprintf("%d %q", code, body)
 	})
@@ -629,7 +629,7 @@ func TestSinkLosesAndDuplicatesNothingWhenClickHouseRestarts(t *testing.T) {
 	s := startSink(t, in.args())
 	produced := in.produceSlowly(t, events, 100, 50*time.Millisecond)
 
-	waitUntil(t, 90*time.Second, "the first rows", func() (bool, string) {
+	testenv.WaitUntil(t, 90*time.Second, "the first rows", func() (bool, string) {
 		n := in.dedupCount(t)
 		return n > 200, fmt.Sprintf("events_dedup has %d rows", n)
 	})
@@ -664,7 +664,7 @@ func TestSinkLosesAndDuplicatesNothingWhenClickHouseRestarts(t *testing.T) {
 	}
 	in.checkEachEventOnce(t, events)
 	in.checkPerMinuteCounts(t, events)
-	waitUntil(t, 30*time.Second, "/readyz to recover", func() (bool, string) {
+	testenv.WaitUntil(t, 30*time.Second, "/readyz to recover", func() (bool, string) {
 		code, body := s.readyz(t)
 		return code == http.StatusOK, body
 	})

@@ -19,6 +19,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/testenv"
 )
 
 // journal is the order in which the fakes were called, shared by them.
@@ -198,7 +199,7 @@ func (ph *pipelineHarness) runUntil(t *testing.T, done func() bool) error {
 	defer cancel()
 	result := make(chan error, 1)
 	go func() { result <- ph.p.run(ctx) }()
-	waitUntil(t, 10*time.Second, "the pipeline to reach the expected state", func() (bool, string) {
+	testenv.WaitUntil(t, 10*time.Second, "the pipeline to reach the expected state", func() (bool, string) {
 		return done(), fmt.Sprintf("journal: %q", ph.j.snapshot())
 	})
 	cancel()
@@ -208,23 +209,6 @@ func (ph *pipelineHarness) runUntil(t *testing.T, done func() bool) error {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the pipeline did not return after its context was cancelled")
 		return nil
-	}
-}
-
-// waitUntil polls cond until it holds or timeout passes; then it fails the
-// test with cond's description of the state.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; %s", timeout, what, state)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -14,25 +14,23 @@ import (
 func TestConsumerLagIsHighWaterMarkMinusNextCommit(t *testing.T) {
 	gauge := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lag"}, []string{"topic", "partition"})
 	lag := NewConsumerLag(gauge)
-	p0 := gauge.WithLabelValues("events", "0")
-
-	// Before any commit, the first offset fetched stands for the committed one.
-	lag.Fetched(kafka.Message{Topic: "events", Partition: 0, Offset: 10, HighWaterMark: 100})
-	if got := testutil.ToFloat64(p0); got != 90 {
-		t.Fatalf("lag after the first fetch = %v, want 90", got)
-	}
-	lag.Committed(TopicPartition{Topic: "events", Partition: 0}, 50)
-	if got := testutil.ToFloat64(p0); got != 50 {
-		t.Fatalf("lag after committing up to 50 = %v, want 50", got)
-	}
-	// An older commit (a retried batch) does not move it back.
-	lag.Committed(TopicPartition{Topic: "events", Partition: 0}, 20)
-	if got := testutil.ToFloat64(p0); got != 50 {
-		t.Fatalf("lag after an older commit = %v, want 50", got)
-	}
-	lag.Committed(TopicPartition{Topic: "events", Partition: 0}, 120)
-	if got := testutil.ToFloat64(p0); got != 0 {
-		t.Fatalf("lag after committing past the high-water mark = %v, want 0 (never negative)", got)
+	p0 := TopicPartition{Topic: "events", Partition: 0}
+	for _, step := range []struct {
+		what string
+		do   func()
+		want float64
+	}{
+		// Before any commit, the first offset fetched stands for the
+		// committed one.
+		{"the first fetch", func() { lag.Fetched(kafka.Message{Topic: "events", Offset: 10, HighWaterMark: 100}) }, 90},
+		{"committing up to 50", func() { lag.Committed(p0, 50) }, 50},
+		{"an older commit (a retried batch)", func() { lag.Committed(p0, 20) }, 50},
+		{"committing past the high-water mark", func() { lag.Committed(p0, 120) }, 0},
+	} {
+		step.do()
+		if got := testutil.ToFloat64(gauge.WithLabelValues("events", "0")); got != step.want {
+			t.Fatalf("lag after %s = %v, want %v", step.what, got, step.want)
+		}
 	}
 	// A partition never fetched has no gauge to move.
 	lag.Committed(TopicPartition{Topic: "events", Partition: 1}, 5)
