@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/emoflow/emoflow/internal/secure"
 )
@@ -147,13 +148,25 @@ func NewFlagSet(name string, c Component, defaultHTTPAddr string, opts *Options)
 	return fs
 }
 
+// redisLog writes go-redis's own messages to a component's log.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "redis client: "+strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+
 // Main runs component c as the program called name and returns the exit
 // code: 0 after a clean shutdown, 1 after a failure, 2 for a bad
 // configuration.
 func Main(name string, c Component, defaultHTTPAddr string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	err := Run(ctx, name, c, defaultHTTPAddr, os.Args[1:], LookupEnv, os.Stderr, nil)
+	// go-redis logs some failures itself (connection-pool errors while
+	// Redis is down) through a process-wide logger; the process's one
+	// component gets them into its own JSON log.
+	err := Run(ctx, name, c, defaultHTTPAddr, os.Args[1:], LookupEnv, os.Stderr, func(rt *Runtime) {
+		redis.SetLogger(redisLog{rt.Logger})
+	})
 	switch {
 	case err == nil:
 		return 0

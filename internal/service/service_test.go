@@ -1,10 +1,13 @@
 package service
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -208,5 +211,17 @@ func TestAPIBeforeReadyAnswers503NotNotFound(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestRedisClientMessagesGoToTheComponentLog(t *testing.T) {
+	var buf bytes.Buffer
+	redisLog{slog.New(slog.NewJSONHandler(&buf, nil))}.Printf(t.Context(), "redis: connection pool: failed to dial after %d attempts: %s\n", 5, "refused")
+	var rec struct{ Level, Msg string }
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatalf("not one JSON record: %q (%v)", buf.String(), err)
+	}
+	if rec.Level != "WARN" || rec.Msg != "redis client: redis: connection pool: failed to dial after 5 attempts: refused" {
+		t.Fatalf("record %+v", rec)
 	}
 }
