@@ -35,6 +35,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/emoflow/emoflow/internal/contract"
 	"github.com/emoflow/emoflow/internal/randmodel"
 	"github.com/emoflow/emoflow/internal/tokenizer"
 )
@@ -529,7 +530,7 @@ func (s *suite) phase(ctx context.Context, n int, f fault) Outcome {
 		if sinkLag, lagErr = groupLag(ctx, s.admin, s.sinkGroup, s.events, cfg.Partitions); lagErr != nil || sinkLag > 0 {
 			return false
 		}
-		if stored, storeErr = storedCounts(ctx, s.ch, s.name, prefix); storeErr != nil {
+		if stored, storeErr = storedCounts(ctx, s.ch, s.name, contract.LiveRun, prefix); storeErr != nil {
 			return false
 		}
 		return len(stored) >= len(good)
@@ -538,7 +539,7 @@ func (s *suite) phase(ctx context.Context, n int, f fault) Outcome {
 	if !drained {
 		problem("not drained within %s (ingest lag %d, sink lag %d, producer backlog %d, lag error %v)", cfg.RecoverTimeout,
 			ingestLag, sinkLag, s.traffic.backlog(), lagErr)
-		if stored, storeErr = storedCounts(ctx, s.ch, s.name, prefix); storeErr != nil {
+		if stored, storeErr = storedCounts(ctx, s.ch, s.name, contract.LiveRun, prefix); storeErr != nil {
 			problem("%v", storeErr)
 		}
 	}

@@ -187,7 +187,7 @@ func (s *suite) checkReplay(ctx context.Context, o *Outcome) error {
 		want[id] = true
 	}
 	rows.Close()
-	got, err := storedCountsRun(qctx, s, run.runID)
+	got, err := storedCounts(qctx, s.ch, s.name, run.runID, "")
 	if err != nil {
 		return err
 	}
@@ -210,22 +210,4 @@ func (s *suite) checkReplay(ctx context.Context, o *Outcome) error {
 		return fmt.Errorf("the replay's range held no stored live messages")
 	}
 	return nil
-}
-
-func storedCountsRun(ctx context.Context, s *suite, run string) (map[string]int, error) {
-	rows, err := s.ch.Query(ctx, "SELECT message_id, count() FROM "+s.name+".events_dedup WHERE run_id = ? GROUP BY message_id", run)
-	if err != nil {
-		return nil, fmt.Errorf("replay check: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]int{}
-	for rows.Next() {
-		var id string
-		var n uint64
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, fmt.Errorf("replay check: %w", err)
-		}
-		out[id] = int(n)
-	}
-	return out, rows.Err()
 }

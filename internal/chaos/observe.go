@@ -258,14 +258,14 @@ func groupOffsets(ctx context.Context, admin *kafka.Client, group, topic string,
 	return out, nil
 }
 
-// storedCounts returns, for the live events of message ids starting with
+// storedCounts returns, for the events of run whose message ids start with
 // prefix, how many rows each has in the deduplicated view.
-func storedCounts(ctx context.Context, ch driver.Conn, database, prefix string) (map[string]int, error) {
+func storedCounts(ctx context.Context, ch driver.Conn, database, run, prefix string) (map[string]int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	// substring rather than startsWith, which ClickHouse 18.16 lacks.
 	rows, err := ch.Query(ctx, fmt.Sprintf("SELECT message_id, count() FROM %s.events_dedup WHERE run_id = ? AND substring(message_id, 1, %d) = ? GROUP BY message_id",
-		database, len(prefix)), contract.LiveRun, prefix)
+		database, len(prefix)), run, prefix)
 	if err != nil {
 		return nil, fmt.Errorf("read the deduplicated view: %w", err)
 	}
