@@ -167,7 +167,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	}
 	reg := adapters.NewRegistry(m, tok, bare, aopts, rt.Logger)
 	defer reg.Close()
-	eng := &engine{model: m, tok: tok, reg: reg}
+	eng := &engine{model: m, reg: reg}
 	rt.Logger.Info("model loaded", "model", m.ID(), "arch", m.Config().Arch, "layers", m.Config().Layers,
 		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", dt.String(), "device", dev.String(), "threads", tensor.Threads(),
 		"tokenizer", tok.Family(), "template", tmpl.Name, "labels", tmpl.Labels, "took", time.Since(start).Round(time.Millisecond).String())

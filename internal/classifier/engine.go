@@ -9,7 +9,6 @@ import (
 	"github.com/emoflow/emoflow/internal/batcher"
 	"github.com/emoflow/emoflow/internal/classifyapi"
 	"github.com/emoflow/emoflow/internal/model"
-	"github.com/emoflow/emoflow/internal/tokenizer"
 )
 
 // job is one text on its way through the batcher, with a hold on the
@@ -32,10 +31,9 @@ func groupOf(a *adapters.Adapter) string {
 	return sharedGroup
 }
 
-// engine owns the model, its tokenizer and the adapters.
+// engine owns the model and the adapters (each with its own prompt input).
 type engine struct {
 	model *model.Model
-	tok   tokenizer.Tokenizer
 	reg   *adapters.Registry
 }
 

@@ -197,12 +197,7 @@ func (p *processor) classifyAll(ctx context.Context, ws []*work) error {
 	var keys []string
 	var lookups []*work
 	for _, w := range ws {
-		if k := p.catalog.contextMessages(w.target); k > p.cfg.ContextMessages {
-			p.warn.log(p.log, "context-"+w.target.Adapter, "the adapter's template takes more previous messages than -context-messages allows: its messages get fewer than it was trained with",
-				"adapter", w.target.Adapter, "template_context_messages", k, "context_messages", p.cfg.ContextMessages)
-		}
-		w.sent = w.context[max(0, len(w.context)-p.catalog.contextMessages(w.target)):]
-		w.key = cacheKey(p.cfg.RedisKeyPrefix, w.target, w.chat.Text, w.sent)
+		p.setKey(w)
 		if w.target.cacheable() {
 			keys = append(keys, w.key)
 			lookups = append(lookups, w)
@@ -229,6 +224,18 @@ func (p *processor) classifyAll(ctx context.Context, ws []*work) error {
 		}
 	}
 	return nil
+}
+
+// setKey picks the part of w's context its target's template takes and
+// sets its cache key.
+func (p *processor) setKey(w *work) {
+	k := p.catalog.contextMessages(w.target)
+	if k > p.cfg.ContextMessages {
+		p.warn.log(p.log, "context-"+w.target.Adapter, "the adapter's template takes more previous messages than -context-messages allows: its messages get fewer than it was trained with",
+			"adapter", w.target.Adapter, "template_context_messages", k, "context_messages", p.cfg.ContextMessages)
+	}
+	w.sent = w.context[max(0, len(w.context)-k):]
+	w.key = cacheKey(p.cfg.RedisKeyPrefix, w.target, w.chat.Text, w.sent)
 }
 
 // ledKey is a key a batch leads, with its flight.
@@ -376,8 +383,7 @@ func (p *processor) retarget(ctx context.Context, group []ledKey, byKey map[stri
 		switch {
 		case err == nil && t != gone:
 			w.target = t
-			w.sent = w.context[max(0, len(w.context)-p.catalog.contextMessages(t)):]
-			w.key = cacheKey(p.cfg.RedisKeyPrefix, t, w.chat.Text, w.sent)
+			p.setKey(w)
 			again = append(again, w)
 		case err == nil || errors.Is(err, errUnknownAdapter):
 			w.reject = &contract.InvalidError{Reason: contract.ReasonUnknownAdapter,
