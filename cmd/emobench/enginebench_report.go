@@ -37,6 +37,7 @@ func describeEngineBench(w *engineWorkload, p model.Prompt, tok tokenizer.Tokeni
 		policy = "unset: idle workers spin a while"
 	}
 	fmt.Printf("threads: %d on each side (OMP_WAIT_POLICY %s); %d passes per configuration, medians reported\n", o.threads, policy, o.repeats)
+	fmt.Printf("engine: fused CPU kernels %s, C heap %s\n", tensor.FusedKernels(), tensor.HostMemory())
 	if o.withHF {
 		fmt.Printf("transformers: GlmForCausalLM (a copy of the weights in its layout), %s attention, PyTorch eager\n", o.attention)
 	}

@@ -180,11 +180,7 @@ func (m *Model) norm(s *tensor.Scope, x, w, bias *tensor.Tensor) *tensor.Tensor 
 	if m.cfg.Arch == ArchGLM1 {
 		return s.LayerNorm(x, w, bias, m.cfg.NormEps)
 	}
-	// Statistics in float32 whatever the compute dtype, as the reference.
-	x32 := s.ToDType(x, tensor.Float32)
-	variance := s.MeanDim(s.Mul(x32, x32), true, -1)
-	y := s.Mul(x32, s.Rsqrt(s.AddScalar(variance, m.cfg.NormEps)))
-	return s.ToDType(s.Mul(s.ToDType(w, tensor.Float32), y), m.opts.DType)
+	return s.RMSNorm(x, w, m.cfg.NormEps)
 }
 
 // block is one transformer layer. It returns the layer's output and the
@@ -216,8 +212,7 @@ func (m *Model) mlp(s *tensor.Scope, layer int, h *tensor.Tensor, groups *loraBa
 	if m.cfg.Arch == ArchGLM1 {
 		act = s.Gelu(u, "tanh")
 	} else {
-		F := int64(m.cfg.FFN)
-		act = s.Mul(s.Silu(s.Narrow(u, -1, 0, F)), s.Narrow(u, -1, F, F))
+		act = s.SiluMul(u, int64(m.cfg.FFN))
 	}
 	return m.project(s, act, l.downW, l.downB, layer, ModDown, groups)
 }
@@ -265,17 +260,9 @@ func (m *Model) rotate(s *tensor.Scope, x *tensor.Tensor, rot rotary) *tensor.Te
 		return s.Cat([]*tensor.Tensor{a, b}, -1)
 	}
 	// ChatGLM2 and later: the first RotaryDim dimensions rotate as
-	// interleaved pairs (x[2i], x[2i+1]); the rest pass through. With the
-	// tables of rotaryTables that is x·cos + swap(x)·sin, where swap
-	// exchanges the two elements of every pair: four kernels over the
-	// whole head instead of rotating and concatenating pieces.
-	if x == nil {
-		return nil // an earlier operation failed; s holds its error
-	}
-	shape := x.Shape()
-	pairs := s.Reshape(x, append(shape[:3:3], hd/2, 2)...)
-	swapped := s.Reshape(s.Stack([]*tensor.Tensor{s.Select(pairs, -1, 1), s.Select(pairs, -1, 0)}, -1), shape...)
-	return s.Add(s.Mul(x, rot.cos), s.Mul(swapped, rot.sin))
+	// interleaved pairs (x[2i], x[2i+1]); the rest pass through (cos 1,
+	// sin 0 in the tables of rotaryTables).
+	return s.RotatePairs(x, rot.cos, rot.sin)
 }
 
 func rotateHalf(s *tensor.Scope, x, cos, sin *tensor.Tensor) *tensor.Tensor {

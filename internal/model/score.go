@@ -287,10 +287,7 @@ func ScoreRows(rows []Row) ([]Result, error) {
 	B, L, D := int64(lay.batch.Rows), int64(lay.batch.Len), int64(m.cfg.Hidden)
 	idx := s.FromInt64(lay.gather, []int64{int64(len(lay.gather))}, m.opts.Device)
 	h := s.IndexSelect(s.Reshape(hidden, B*L, D), 0, idx)
-	// log_softmax makes one vocabulary-sized tensor where logsumexp and a
-	// subtraction would make three: on a CPU, fresh big tensors cost page
-	// faults as well as memory traffic.
-	logp := s.LogSoftmax(s.Linear(h, m.head, nil), -1, tensor.Float32)
+	logits := s.Linear(h, m.head, nil)
 	width := 0
 	for _, t := range lay.targets {
 		width = max(width, len(t))
@@ -301,8 +298,7 @@ func ScoreRows(rows []Row) ([]Result, error) {
 			flat = append(flat, t[min(j, len(t)-1)])
 		}
 	}
-	tgt := s.FromInt64(flat, []int64{int64(len(lay.targets)), int64(width)}, m.opts.Device)
-	picked := s.Float32s(s.Gather(logp, 1, tgt))
+	picked := s.LogSoftmaxPick(logits, flat, width)
 	if err := s.Err(); err != nil {
 		return nil, fmt.Errorf("score: %w", err)
 	}

@@ -21,6 +21,7 @@ import (
 // forward and backward passes and off for optimizer updates.
 func (s *Scope) SetGrad(on bool) {
 	_ = lib.AtGradSetEnabled(int(cbool(on)))
+	s.grad = on
 }
 
 // ManualSeed seeds libtorch's random generators (dropout masks).

@@ -17,6 +17,25 @@
 //
 // libtorch reports errors through thread-local state, so a Scope locks its
 // goroutine to the OS thread until Close.
+//
+// A few fused operations (RMSNorm, SiluMul, RotatePairs, LogSoftmaxPick;
+// kernels.go) run C kernels on the CPU instead of chains of libtorch
+// operations.
+//
+// # Host memory
+//
+// Every process that links this package keeps its C heap: when the binary
+// loads (before the Go runtime starts threads, which matters because a
+// thread picks its malloc arena at its first allocation), glibc is told to
+// use one arena, never to serve a block with its own mmap and never to trim
+// the heap. libtorch's CPU allocator is plain malloc, and by default glibc
+// maps every block above 32 MiB afresh and unmaps it on free, so each
+// batch's vocabulary-sized tensors cost hundreds of thousands of page
+// faults: on the benchmark model 40% of the process's time was in the
+// kernel, and 6% once the heap is kept. The price is that the process
+// holds its peak C heap until it exits, which for a classifier worker is
+// its steady state. EMOFLOW_HOST_MEMORY=release keeps glibc's defaults;
+// HostMemory says which applies.
 package tensor
 
 /*
@@ -243,6 +262,10 @@ func lastError(op string) error {
 type Scope struct {
 	owned []lib.Ctensor
 	err   error
+	// grad is true while autograd records (SetGrad): training computes
+	// with libtorch's own operations only, as its references do (see the
+	// fused operations in kernels.go).
+	grad bool
 }
 
 // NewScope locks the calling goroutine to its OS thread and returns an empty

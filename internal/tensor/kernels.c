@@ -1,0 +1,417 @@
+// Fused CPU kernels of package tensor (see kernels.go). Each works on a
+// range of rows [r0, r1) of contiguous row-major data, so that Go can split
+// a tensor's rows among threads; elements are bfloat16 (dtype 15, as raw
+// uint16) or float32 (dtype 6). Every rounding to bfloat16 sits where the
+// libtorch operations these kernels replace round, so results match them.
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+
+// Partial sums per lane: a float reduction vectorises only when written
+// with independent accumulators (the compiler may not reassociate).
+#define EF_LANES 16
+
+static inline float ef_bf16_to_f32(uint16_t b) {
+	uint32_t u = (uint32_t)b << 16;
+	float f;
+	memcpy(&f, &u, sizeof f);
+	return f;
+}
+
+// Round to nearest, ties to even, as libtorch's float-to-bfloat16 cast.
+static inline uint16_t ef_f32_to_bf16(float f) {
+	uint32_t u;
+	memcpy(&u, &f, sizeof u);
+	if ((u & 0x7fffffffu) > 0x7f800000u) {
+		return (uint16_t)((u >> 16) | 0x40u); // NaN stays a quiet NaN
+	}
+	u += 0x7fffu + ((u >> 16) & 1u);
+	return (uint16_t)(u >> 16);
+}
+
+static inline float ef_load(const void *p, int dtype, int64_t i) {
+	if (dtype == EF_BF16) {
+		return ef_bf16_to_f32(((const uint16_t *)p)[i]);
+	}
+	return ((const float *)p)[i];
+}
+
+// Rounds v to the element type (identity for float32).
+static inline float ef_round(float v, int dtype) {
+	return dtype == EF_BF16 ? ef_bf16_to_f32(ef_f32_to_bf16(v)) : v;
+}
+
+static inline void ef_store(void *p, int dtype, int64_t i, float v) {
+	if (dtype == EF_BF16) {
+		((uint16_t *)p)[i] = ef_f32_to_bf16(v);
+	} else {
+		((float *)p)[i] = v;
+	}
+}
+
+// exp(x) for x in [-87, 88] (clamped), within 2 ulp: x = k·ln2 + r with
+// |r| <= ln2/2, exp(r) by a degree-7 Taylor-like minimax polynomial, 2^k
+// built in the exponent bits. Branch-free, so loops over it vectorise.
+static inline float ef_exp(float x) {
+	x = x < -87.0f ? -87.0f : x;
+	x = x > 88.0f ? 88.0f : x;
+	float k = floorf(x * 1.44269504088896341f + 0.5f);
+	float r = x - k * 0.693359375f;
+	r = r + k * 2.12194440e-4f;
+	float p = 1.9875691500e-4f;
+	p = p * r + 1.3981999507e-3f;
+	p = p * r + 8.3334519073e-3f;
+	p = p * r + 4.1665795894e-2f;
+	p = p * r + 1.6666665459e-1f;
+	p = p * r + 5.0000001201e-1f;
+	p = p * r * r + r + 1.0f;
+	uint32_t bits = (uint32_t)((int32_t)k + 127) << 23;
+	float scale;
+	memcpy(&scale, &bits, sizeof scale);
+	return p * scale;
+}
+
+static float ef_row_max(const void *x, int dtype, int64_t n) {
+	float acc[EF_LANES];
+	for (int j = 0; j < EF_LANES; j++) {
+		acc[j] = -INFINITY;
+	}
+	int64_t i = 0;
+	if (dtype == EF_BF16) {
+		const uint16_t *b = x;
+		for (; i + EF_LANES <= n; i += EF_LANES) {
+			for (int j = 0; j < EF_LANES; j++) {
+				float v = ef_bf16_to_f32(b[i + j]);
+				acc[j] = v > acc[j] ? v : acc[j];
+			}
+		}
+	} else {
+		const float *f = x;
+		for (; i + EF_LANES <= n; i += EF_LANES) {
+			for (int j = 0; j < EF_LANES; j++) {
+				acc[j] = f[i + j] > acc[j] ? f[i + j] : acc[j];
+			}
+		}
+	}
+	float m = -INFINITY;
+	for (int j = 0; j < EF_LANES; j++) {
+		m = acc[j] > m ? acc[j] : m;
+	}
+	for (; i < n; i++) {
+		float v = ef_load(x, dtype, i);
+		m = v > m ? v : m;
+	}
+	return m;
+}
+
+static float ef_row_sum_exp(const void *x, int dtype, int64_t n, float max) {
+	float acc[EF_LANES] = {0};
+	int64_t i = 0;
+	if (dtype == EF_BF16) {
+		const uint16_t *b = x;
+		for (; i + EF_LANES <= n; i += EF_LANES) {
+			for (int j = 0; j < EF_LANES; j++) {
+				acc[j] += ef_exp(ef_bf16_to_f32(b[i + j]) - max);
+			}
+		}
+	} else {
+		const float *f = x;
+		for (; i + EF_LANES <= n; i += EF_LANES) {
+			for (int j = 0; j < EF_LANES; j++) {
+				acc[j] += ef_exp(f[i + j] - max);
+			}
+		}
+	}
+	float s = 0;
+	for (int j = 0; j < EF_LANES; j++) {
+		s += acc[j];
+	}
+	for (; i < n; i++) {
+		s += ef_exp(ef_load(x, dtype, i) - max);
+	}
+	return s;
+}
+
+static void ef_log_softmax_pick_scalar(const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
+                         const int64_t *targets, int64_t width, float *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	for (int64_t r = r0; r < r1; r++) {
+		const void *row = (const char *)logits + (size_t)r * (size_t)vocab * esize;
+		float max = ef_row_max(row, dtype, vocab);
+		if (isinf(max)) {
+			max = 0; // all -inf (or an inf logit): let the sum say so
+		}
+		float logsum = logf(ef_row_sum_exp(row, dtype, vocab, max));
+		for (int64_t j = 0; j < width; j++) {
+			out[r * width + j] = (ef_load(row, dtype, targets[r * width + j]) - max) - logsum;
+		}
+	}
+}
+
+static void ef_rms_norm_scalar(const void *x, const void *weight, int dtype, int64_t r0, int64_t r1, int64_t dim, float eps,
+                 void *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	for (int64_t r = r0; r < r1; r++) {
+		const void *row = (const char *)x + (size_t)r * (size_t)dim * esize;
+		void *orow = (char *)out + (size_t)r * (size_t)dim * esize;
+		float acc[EF_LANES] = {0};
+		int64_t i = 0;
+		for (; i + EF_LANES <= dim; i += EF_LANES) {
+			for (int j = 0; j < EF_LANES; j++) {
+				float v = ef_load(row, dtype, i + j);
+				acc[j] += v * v;
+			}
+		}
+		float ss = 0;
+		for (int j = 0; j < EF_LANES; j++) {
+			ss += acc[j];
+		}
+		for (; i < dim; i++) {
+			float v = ef_load(row, dtype, i);
+			ss += v * v;
+		}
+		float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+		for (i = 0; i < dim; i++) {
+			ef_store(orow, dtype, i, ef_load(weight, dtype, i) * (ef_load(row, dtype, i) * inv));
+		}
+	}
+}
+
+static void ef_silu_mul_scalar(const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	for (int64_t r = r0; r < r1; r++) {
+		const void *gate = (const char *)u + (size_t)r * (size_t)(2 * ffn) * esize;
+		const void *up = (const char *)gate + (size_t)ffn * esize;
+		void *orow = (char *)out + (size_t)r * (size_t)ffn * esize;
+		for (int64_t i = 0; i < ffn; i++) {
+			float g = ef_load(gate, dtype, i);
+			float act = ef_round(g / (1.0f + ef_exp(-g)), dtype);
+			ef_store(orow, dtype, i, act * ef_load(up, dtype, i));
+		}
+	}
+}
+
+static void ef_rotary_scalar(const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads, int64_t head_dim,
+               const void *cos, const void *sin, void *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	for (int64_t r = r0; r < r1; r++) {
+		const char *row = (const char *)x + (size_t)r * (size_t)row_stride * esize;
+		const void *c = (const char *)cos + (size_t)r * (size_t)head_dim * esize;
+		const void *s = (const char *)sin + (size_t)r * (size_t)head_dim * esize;
+		char *orow = (char *)out + (size_t)r * (size_t)(heads * head_dim) * esize;
+		for (int64_t h = 0; h < heads; h++) {
+			const void *v = row + (size_t)(h * head_dim) * esize;
+			void *o = orow + (size_t)(h * head_dim) * esize;
+			for (int64_t d = 0; d < head_dim; d++) {
+				float a = ef_round(ef_load(v, dtype, d) * ef_load(c, dtype, d), dtype);
+				float b = ef_round(ef_load(v, dtype, d ^ 1) * ef_load(s, dtype, d), dtype);
+				ef_store(o, dtype, d, a + b);
+			}
+		}
+	}
+}
+
+// AVX-512 versions: 16 floats a vector, tails under a mask. They compute
+// what the scalar versions compute, in the same order per element.
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define EF_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+
+EF_AVX512 static inline __m512 ef_v_load(const void *p, int dtype, int64_t i, __mmask16 m) {
+	if (dtype == EF_BF16) {
+		__m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i);
+		return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+	}
+	return _mm512_maskz_loadu_ps(m, (const float *)p + i);
+}
+
+EF_AVX512 static inline __m256i ef_v_bf16(__m512 v) {
+	__m512i u = _mm512_castps_si512(v);
+	__m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+	__m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+	__mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+	r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+	return _mm512_cvtepi32_epi16(r);
+}
+
+EF_AVX512 static inline __m512 ef_v_round(__m512 v, int dtype) {
+	if (dtype != EF_BF16) {
+		return v;
+	}
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(ef_v_bf16(v)), 16));
+}
+
+EF_AVX512 static inline void ef_v_store(void *p, int dtype, int64_t i, __m512 v, __mmask16 m) {
+	if (dtype == EF_BF16) {
+		_mm256_mask_storeu_epi16((uint16_t *)p + i, m, ef_v_bf16(v));
+	} else {
+		_mm512_mask_storeu_ps((float *)p + i, m, v);
+	}
+}
+
+EF_AVX512 static inline __m512 ef_v_exp(__m512 x) {
+	x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+	x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
+	__m512 k = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+	                                _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+	__m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+	r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
+	__m512 p = _mm512_set1_ps(1.9875691500e-4f);
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+	p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+	__m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+	return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+static inline __mmask16 ef_tail(int64_t left) {
+	return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
+EF_AVX512 static void ef_log_softmax_pick_avx512(const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
+                                                 const int64_t *targets, int64_t width, float *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	for (int64_t r = r0; r < r1; r++) {
+		const void *row = (const char *)logits + (size_t)r * (size_t)vocab * esize;
+		__m512 vmax = _mm512_set1_ps(-INFINITY);
+		for (int64_t i = 0; i < vocab; i += 16) {
+			__mmask16 m = ef_tail(vocab - i);
+			vmax = _mm512_mask_max_ps(vmax, m, vmax, ef_v_load(row, dtype, i, m));
+		}
+		float max = _mm512_reduce_max_ps(vmax);
+		if (isinf(max)) {
+			max = 0;
+		}
+		__m512 vm = _mm512_set1_ps(max), vsum = _mm512_setzero_ps();
+		for (int64_t i = 0; i < vocab; i += 16) {
+			__mmask16 m = ef_tail(vocab - i);
+			__m512 e = ef_v_exp(_mm512_sub_ps(ef_v_load(row, dtype, i, m), vm));
+			vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+		}
+		float logsum = logf(_mm512_reduce_add_ps(vsum));
+		for (int64_t j = 0; j < width; j++) {
+			out[r * width + j] = (ef_load(row, dtype, targets[r * width + j]) - max) - logsum;
+		}
+	}
+}
+
+EF_AVX512 static void ef_rms_norm_avx512(const void *x, const void *weight, int dtype, int64_t r0, int64_t r1, int64_t dim,
+                                         float eps, void *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	for (int64_t r = r0; r < r1; r++) {
+		const void *row = (const char *)x + (size_t)r * (size_t)dim * esize;
+		void *orow = (char *)out + (size_t)r * (size_t)dim * esize;
+		__m512 acc = _mm512_setzero_ps();
+		for (int64_t i = 0; i < dim; i += 16) {
+			__m512 v = ef_v_load(row, dtype, i, ef_tail(dim - i));
+			acc = _mm512_fmadd_ps(v, v, acc);
+		}
+		__m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)dim + eps));
+		for (int64_t i = 0; i < dim; i += 16) {
+			__mmask16 m = ef_tail(dim - i);
+			__m512 y = _mm512_mul_ps(ef_v_load(row, dtype, i, m), inv);
+			ef_v_store(orow, dtype, i, _mm512_mul_ps(ef_v_load(weight, dtype, i, m), y), m);
+		}
+	}
+}
+
+EF_AVX512 static void ef_silu_mul_avx512(const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	__m512 one = _mm512_set1_ps(1.0f);
+	for (int64_t r = r0; r < r1; r++) {
+		const void *gate = (const char *)u + (size_t)r * (size_t)(2 * ffn) * esize;
+		const void *up = (const char *)gate + (size_t)ffn * esize;
+		void *orow = (char *)out + (size_t)r * (size_t)ffn * esize;
+		for (int64_t i = 0; i < ffn; i += 16) {
+			__mmask16 m = ef_tail(ffn - i);
+			__m512 g = ef_v_load(gate, dtype, i, m);
+			__m512 e = ef_v_exp(_mm512_sub_ps(_mm512_setzero_ps(), g));
+			__m512 act = ef_v_round(_mm512_div_ps(g, _mm512_add_ps(one, e)), dtype);
+			ef_v_store(orow, dtype, i, _mm512_mul_ps(act, ef_v_load(up, dtype, i, m)), m);
+		}
+	}
+}
+
+EF_AVX512 static void ef_rotary_avx512(const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,
+                                       int64_t head_dim, const void *cos, const void *sin, void *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	for (int64_t r = r0; r < r1; r++) {
+		const char *row = (const char *)x + (size_t)r * (size_t)row_stride * esize;
+		const void *c = (const char *)cos + (size_t)r * (size_t)head_dim * esize;
+		const void *s = (const char *)sin + (size_t)r * (size_t)head_dim * esize;
+		char *orow = (char *)out + (size_t)r * (size_t)(heads * head_dim) * esize;
+		for (int64_t d = 0; d < head_dim; d += 16) {
+			__mmask16 m = ef_tail(head_dim - d);
+			__m512 vc = ef_v_load(c, dtype, d, m), vs = ef_v_load(s, dtype, d, m);
+			for (int64_t h = 0; h < heads; h++) {
+				const void *v = row + (size_t)(h * head_dim) * esize;
+				__m512 xv = ef_v_load(v, dtype, d, m);
+				// pairs never straddle a vector: d and head_dim are even
+				__m512 sw = _mm512_permute_ps(xv, 0xB1);
+				__m512 a = ef_v_round(_mm512_mul_ps(xv, vc), dtype);
+				__m512 b = ef_v_round(_mm512_mul_ps(sw, vs), dtype);
+				ef_v_store(orow + (size_t)(h * head_dim) * esize, dtype, d, _mm512_add_ps(a, b), m);
+			}
+		}
+	}
+}
+
+static int ef_has_avx512(void) {
+	return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+	       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+}
+#else
+// Other processors run the portable versions only.
+static int ef_has_avx512(void) { return 0; }
+#define ef_log_softmax_pick_avx512 ef_log_softmax_pick_scalar
+#define ef_rms_norm_avx512 ef_rms_norm_scalar
+#define ef_silu_mul_avx512 ef_silu_mul_scalar
+#define ef_rotary_avx512 ef_rotary_scalar
+#endif
+
+// The entry points: simd (from ef_simd) picks the AVX-512 version.
+
+int ef_simd(void) { return ef_has_avx512(); }
+
+void ef_log_softmax_pick(int simd, const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
+                         const int64_t *targets, int64_t width, float *out) {
+	if (simd) {
+		ef_log_softmax_pick_avx512(logits, dtype, r0, r1, vocab, targets, width, out);
+	} else {
+		ef_log_softmax_pick_scalar(logits, dtype, r0, r1, vocab, targets, width, out);
+	}
+}
+
+void ef_rms_norm(int simd, const void *x, const void *weight, int dtype, int64_t r0, int64_t r1, int64_t dim,
+                 float eps, void *out) {
+	if (simd) {
+		ef_rms_norm_avx512(x, weight, dtype, r0, r1, dim, eps, out);
+	} else {
+		ef_rms_norm_scalar(x, weight, dtype, r0, r1, dim, eps, out);
+	}
+}
+
+void ef_silu_mul(int simd, const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out) {
+	if (simd) {
+		ef_silu_mul_avx512(u, dtype, r0, r1, ffn, out);
+	} else {
+		ef_silu_mul_scalar(u, dtype, r0, r1, ffn, out);
+	}
+}
+
+void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,
+               int64_t head_dim, const void *cos, const void *sin, void *out) {
+	if (simd) {
+		ef_rotary_avx512(x, dtype, r0, r1, row_stride, heads, head_dim, cos, sin, out);
+	} else {
+		ef_rotary_scalar(x, dtype, r0, r1, row_stride, heads, head_dim, cos, sin, out);
+	}
+}

@@ -1,0 +1,14 @@
+// Fused CPU kernels of package tensor; see kernels.c. simd != 0 (only
+// where ef_simd() says the CPU has AVX-512) picks the vector versions.
+#include <stdint.h>
+
+enum { EF_F32 = 6, EF_BF16 = 15 };
+
+int ef_simd(void);
+void ef_log_softmax_pick(int simd, const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
+                         const int64_t *targets, int64_t width, float *out);
+void ef_rms_norm(int simd, const void *x, const void *weight, int dtype, int64_t r0, int64_t r1, int64_t dim,
+                 float eps, void *out);
+void ef_silu_mul(int simd, const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out);
+void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,
+               int64_t head_dim, const void *cos, const void *sin, void *out);

@@ -1,0 +1,179 @@
+package tensor
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// The fused kernels must give what the libtorch chains they replace give:
+// in float32 up to summation order, in bfloat16 up to one unit in the last
+// place on a few elements (the kernels' exp and sums are not libtorch's).
+// Sizes are not multiples of the 16-float vectors, so tails are covered,
+// and every test runs the AVX-512 versions (where this CPU has them) and
+// the portable ones.
+
+func randomFloats(r *rand.Rand, n int, scale float64) []float32 {
+	out := make([]float32, n)
+	for i := range out {
+		out[i] = float32(r.NormFloat64() * scale)
+	}
+	return out
+}
+
+// kernelCases are the implementations to compare with kernelsComposite.
+var kernelCases = []struct {
+	name string
+	k    kernels
+}{{"best", kernelsBest}, {"scalar", kernelsScalar}}
+
+// closeEnough compares got with want element by element: float32 within a
+// relative 1e-5, bfloat16 within one bfloat16 step (2^-7 relative) on at
+// most 1% of the elements and exactly elsewhere.
+func closeEnough(t *testing.T, what string, dtype DType, got, want []float32) {
+	t.Helper()
+	compare(t, what, dtype, got, want, false)
+}
+
+// same requires got == want: the kernel does the very operations, in the
+// same order and precision, as the libtorch chain (no fused multiply-add:
+// kernels.c is compiled as ISO C, which does not contract).
+func same(t *testing.T, what string, got, want []float32) {
+	t.Helper()
+	compare(t, what, Float32, got, want, true)
+}
+
+func compare(t *testing.T, what string, dtype DType, got, want []float32, exact bool) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d values, want %d", what, len(got), len(want))
+	}
+	off := 0
+	for i := range got {
+		g, w := float64(got[i]), float64(want[i])
+		diff := math.Abs(g - w)
+		scale := math.Max(math.Abs(w), 1e-30)
+		switch {
+		case exact && diff != 0:
+			t.Fatalf("%s: element %d = %v, want exactly %v", what, i, g, w)
+		case dtype == Float32 && diff <= 1e-5*scale+1e-6:
+		case dtype == BFloat16 && diff == 0:
+		case dtype == BFloat16 && diff <= scale/128:
+			off++
+		default:
+			t.Fatalf("%s: element %d = %v, want %v", what, i, g, w)
+		}
+	}
+	if off*100 > len(got) {
+		t.Fatalf("%s: %d of %d elements differ by a bfloat16 step", what, off, len(got))
+	}
+}
+
+func TestRMSNormKernel(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, dtype := range []DType{Float32, BFloat16} {
+		s := NewScope()
+		x := s.ToDType(s.FromFloat32(randomFloats(r, 3*5*40, 2), []int64{3, 5, 40}, CPU), dtype)
+		w := s.ToDType(s.FromFloat32(randomFloats(r, 40, 1), []int64{40}, CPU), dtype)
+		want := s.Float32s(s.rmsNorm(x, w, 1e-5, kernelsComposite))
+		for _, c := range kernelCases {
+			got := s.Float32s(s.rmsNorm(x, w, 1e-5, c.k))
+			if err := s.Err(); err != nil {
+				t.Fatal(err)
+			}
+			closeEnough(t, "rms_norm "+dtype.String()+" "+c.name, dtype, got, want)
+		}
+		s.Close()
+	}
+}
+
+func TestSiluMulKernel(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, dtype := range []DType{Float32, BFloat16} {
+		s := NewScope()
+		u := s.ToDType(s.FromFloat32(randomFloats(r, 7*2*37, 3), []int64{7, 2 * 37}, CPU), dtype)
+		want := s.Float32s(s.siluMul(u, 37, kernelsComposite))
+		for _, c := range kernelCases {
+			got := s.Float32s(s.siluMul(u, 37, c.k))
+			if err := s.Err(); err != nil {
+				t.Fatal(err)
+			}
+			closeEnough(t, "silu_mul "+dtype.String()+" "+c.name, dtype, got, want)
+		}
+		s.Close()
+	}
+}
+
+// TestRotatePairsKernel rotates a slice of a wider tensor, as the model
+// rotates the query and key part of its fused QKV projection.
+func TestRotatePairsKernel(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, sh := range [][5]int64{{2, 3, 5, 20, 5*20 + 36}, {1, 7, 6, 8, 6 * 8}, {3, 1, 6, 8, 64}, {2, 5, 10, 32, 10*32 + 64}} {
+		for _, dtype := range []DType{Float32, BFloat16} {
+			rotateCase(t, r, dtype, sh[0], sh[1], sh[2], sh[3], sh[4])
+		}
+	}
+}
+
+// rotateCase rotates the first heads·hd columns of a [B, L, width] tensor.
+func rotateCase(t *testing.T, r *rand.Rand, dtype DType, B, L, H, hd, width int64) {
+	t.Helper()
+	s := NewScope()
+	defer s.Close()
+	qkv := s.ToDType(s.FromFloat32(randomFloats(r, int(B*L*width), 1), []int64{B, L, width}, CPU), dtype)
+	x := s.Reshape(s.Narrow(qkv, -1, 0, H*hd), B, L, H, hd)
+	cos := s.ToDType(s.FromFloat32(randomFloats(r, int(B*L*hd), 1), []int64{B, L, 1, hd}, CPU), dtype)
+	sin := s.ToDType(s.FromFloat32(randomFloats(r, int(B*L*hd), 1), []int64{B, L, 1, hd}, CPU), dtype)
+	want := s.Float32s(s.rotatePairs(x, cos, sin, kernelsComposite))
+	for _, c := range kernelCases {
+		got := s.Float32s(s.rotatePairs(x, cos, sin, c.k))
+		if err := s.Err(); err != nil {
+			t.Fatal(err)
+		}
+		same(t, fmt.Sprintf("rotate_pairs %s %s %dx%dx%dx%d", dtype, c.name, B, L, H, hd), got, want)
+	}
+}
+
+func TestLogSoftmaxPickKernel(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	const rowsN, vocab, width = 6, 1000 + 3, 4
+	for _, dtype := range []DType{Float32, BFloat16} {
+		s := NewScope()
+		vals := randomFloats(r, rowsN*vocab, 0.5) // every logit counts in the normaliser
+		vals[2*vocab+17] = 60                     // one dominant logit: exp must not overflow
+		logits := s.ToDType(s.FromFloat32(vals, []int64{rowsN, vocab}, CPU), dtype)
+		targets := make([]int64, rowsN*width)
+		for i := range targets {
+			targets[i] = r.Int64N(vocab)
+		}
+		targets[2*width] = 17
+		want := s.logSoftmaxPick(logits, targets, width, kernelsComposite)
+		for _, c := range kernelCases {
+			got := s.logSoftmaxPick(logits, targets, width, c.k)
+			if err := s.Err(); err != nil {
+				t.Fatal(err)
+			}
+			// float32 output whatever the input: compare as float32
+			closeEnough(t, "log_softmax_pick "+dtype.String()+" "+c.name, Float32, got, want)
+		}
+		if s.LogSoftmaxPick(logits, []int64{0, 1}, width) != nil || s.Err() == nil {
+			t.Fatal("targets that do not fill the rows accepted")
+		}
+		s.Close()
+		s = NewScope()
+		logits = s.ToDType(s.FromFloat32(vals, []int64{rowsN, vocab}, CPU), dtype)
+		bad := append([]int64(nil), targets...)
+		bad[3] = vocab
+		if s.LogSoftmaxPick(logits, bad, width) != nil || s.Err() == nil {
+			t.Fatal("target outside the vocabulary accepted")
+		}
+		s.Close()
+	}
+}
+
+func TestHostMemoryKept(t *testing.T) {
+	if got := HostMemory(); got != "kept" {
+		t.Fatalf("HostMemory() = %q, want kept (EMOFLOW_HOST_MEMORY unset)", got)
+	}
+}
