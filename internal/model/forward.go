@@ -93,7 +93,7 @@ func (m *Model) forward(s *tensor.Scope, b *Batch, keepKV bool) (*tensor.Tensor,
 
 	ids := s.FromInt64(b.Tokens, []int64{B, L}, dev)
 	x := s.Embedding(m.embed, ids)
-	mask := s.Reshape(s.FromBool(b.Visible, []int64{B, L, P + L}, dev), B, 1, L, P+L)
+	visible := s.FromBool(b.Visible, []int64{B, L, P + L}, dev)
 	rot := m.rotaryTables(s, b)
 	groups := newLoRABatch(b.LoRA)
 
@@ -107,7 +107,7 @@ func (m *Model) forward(s *tensor.Scope, b *Batch, keepKV bool) (*tensor.Tensor,
 			pastK, pastV = b.Past.K[i], b.Past.V[i]
 		}
 		var k, v *tensor.Tensor
-		x, k, v = m.block(s, i, x, rot, pastK, pastV, mask, groups, B, L)
+		x, k, v = m.block(s, i, x, rot, pastK, pastV, visible, groups, B, L)
 		if keepKV {
 			kv.K = append(kv.K, k)
 			kv.V = append(kv.V, v)
@@ -185,10 +185,10 @@ func (m *Model) norm(s *tensor.Scope, x, w, bias *tensor.Tensor) *tensor.Tensor 
 
 // block is one transformer layer. It returns the layer's output and the
 // keys (rotated) and values of the batch's own tokens.
-func (m *Model) block(s *tensor.Scope, layer int, x *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, groups *loraBatch, B, L int64) (out, k, v *tensor.Tensor) {
+func (m *Model) block(s *tensor.Scope, layer int, x *tensor.Tensor, rot rotary, pastK, pastV, visible *tensor.Tensor, groups *loraBatch, B, L int64) (out, k, v *tensor.Tensor) {
 	l := &m.layers[layer]
 	h := m.norm(s, x, l.inNormW, l.inNormB)
-	attn, k, v := m.attention(s, layer, h, rot, pastK, pastV, mask, groups, B, L)
+	attn, k, v := m.attention(s, layer, h, rot, pastK, pastV, visible, groups, B, L)
 	if m.cfg.Arch == ArchGLM1 {
 		// Post-layer-norm residuals scaled by alpha = sqrt(2·layers): the
 		// residual is the normalised input, not the input. THUDM's code
@@ -217,7 +217,7 @@ func (m *Model) mlp(s *tensor.Scope, layer int, h *tensor.Tensor, groups *loraBa
 	return m.project(s, act, l.downW, l.downB, layer, ModDown, groups)
 }
 
-func (m *Model) attention(s *tensor.Scope, layer int, h *tensor.Tensor, rot rotary, pastK, pastV, mask *tensor.Tensor, groups *loraBatch, B, L int64) (out, kNew, vNew *tensor.Tensor) {
+func (m *Model) attention(s *tensor.Scope, layer int, h *tensor.Tensor, rot rotary, pastK, pastV, visible *tensor.Tensor, groups *loraBatch, B, L int64) (out, kNew, vNew *tensor.Tensor) {
 	c := m.cfg
 	l := &m.layers[layer]
 	H, G, hd := int64(c.Heads), int64(c.KVGroups), int64(c.HeadDim)
@@ -227,25 +227,8 @@ func (m *Model) attention(s *tensor.Scope, layer int, h *tensor.Tensor, rot rota
 	q := s.Transpose(s.Narrow(qk, 2, 0, H), 1, 2)
 	k := s.Transpose(s.Narrow(qk, 2, H, G), 1, 2)
 	v := s.Transpose(s.Reshape(s.Narrow(qkv, -1, (H+G)*hd, G*hd), B, L, G, hd), 1, 2)
-	kNew, vNew = k, v
-	if pastK != nil {
-		pk, pv := pastK, pastV
-		if pk.Size(0) != B {
-			pk = s.Expand(pk, B, -1, -1, -1)
-			pv = s.Expand(pv, B, -1, -1, -1)
-		}
-		k = s.Cat([]*tensor.Tensor{pk, k}, 2)
-		v = s.Cat([]*tensor.Tensor{pv, v}, 2)
-	}
-	if G != H {
-		// Multi-query attention: head n uses key/value group n / (H/G).
-		T := k.Size(2)
-		k = s.Reshape(s.Expand(s.Unsqueeze(k, 2), B, G, H/G, T, hd), B, H, T, hd)
-		v = s.Reshape(s.Expand(s.Unsqueeze(v, 2), B, G, H/G, T, hd), B, H, T, hd)
-	}
-	o := s.ScaledDotProductAttention(q, k, v, mask, false, 1/math.Sqrt(float64(hd)))
-	o = s.Reshape(s.Transpose(o, 1, 2), B, L, H*hd)
-	return m.project(s, o, l.denseW, l.denseB, layer, ModDense, groups), kNew, vNew
+	o := s.Attention(q, k, v, pastK, pastV, visible, 1/math.Sqrt(float64(hd)))
+	return m.project(s, o, l.denseW, l.denseB, layer, ModDense, groups), k, v
 }
 
 // rotate applies the rotary embedding to x [B, L, heads, headDim].

@@ -415,3 +415,282 @@ void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64
 		ef_rotary_scalar(x, dtype, r0, r1, row_stride, heads, head_dim, cos, sin, out);
 	}
 }
+
+// Attention with grouped keys and values after an optional past, as
+// libtorch's scaled_dot_product_attention computes it on the CPU (the
+// "math" path, which a boolean mask selects): queries and keys are each
+// scaled by sqrt(scale) and rounded, scores are rounded products, the
+// softmax rounds its output, and the output rounds the weighted sum. Keys
+// a query does not see are skipped rather than weighted by 0, so that
+// padding never reaches a visible row, and a query that sees no key gets
+// zeros (libtorch gives NaN there).
+//
+// A task is one (batch row, key/value group): its keys, scaled and
+// transposed, and values are converted to float32 once and serve the
+// group's heads. Strides are in elements: q [B, H, L, hd] by (qs0, qs1,
+// qs2), k and v [B, G, L, hd] by (ks*, vs*), the past keys and values
+// [R, G, P, hd] by (pks*, pvs*), with R = 1 (shared by every row) or B. visible is [B, L, P+L];
+// out is [B, L, H·hd]. The arguments (ef_attention_args) are in kernels.h.
+
+#include <stdlib.h>
+
+// ef_attention_tasks runs tasks [t0, t1); simd picks the AVX-512 loops. It
+// returns -1 when its scratch memory cannot be allocated.
+static int ef_attention_tasks(const ef_attention_args *a, int64_t t0, int64_t t1, int simd);
+
+int ef_attention(int simd, const ef_attention_args *a, int64_t t0, int64_t t1) {
+	return ef_attention_tasks(a, t0, t1, simd);
+}
+
+// ef_keys fills kt [hd][T] (transposed, scaled, rounded) and vv [T][hd] for
+// task (b, g).
+static void ef_keys(const ef_attention_args *a, int64_t b, int64_t g, int64_t T, float *kt, float *vv) {
+	int dtype = a->dtype;
+	float sq = sqrtf(a->scale);
+	for (int64_t j = 0; j < a->P + a->L; j++) {
+		const void *kr, *vr;
+		int64_t ko, vo;
+		if (j < a->P) {
+			int64_t pb = a->past_shared ? 0 : b;
+			kr = a->pk, vr = a->pv;
+			ko = pb * a->pks[0] + g * a->pks[1] + j * a->pks[2];
+			vo = pb * a->pvs[0] + g * a->pvs[1] + j * a->pvs[2];
+		} else {
+			int64_t l = j - a->P;
+			kr = a->k, vr = a->v;
+			ko = b * a->ks[0] + g * a->ks[1] + l * a->ks[2];
+			vo = b * a->vs[0] + g * a->vs[1] + l * a->vs[2];
+		}
+		for (int64_t d = 0; d < a->hd; d++) {
+			kt[d * T + j] = ef_round(ef_load(kr, dtype, ko + d) * sq, dtype);
+			vv[j * a->hd + d] = ef_load(vr, dtype, vo + d);
+		}
+	}
+}
+
+static void ef_softmax_row(float *s, const uint8_t *vis, int64_t n, int dtype) {
+	float max = -INFINITY;
+	for (int64_t j = 0; j < n; j++) {
+		if (vis[j] && s[j] > max) {
+			max = s[j];
+		}
+	}
+	float sum = 0;
+	for (int64_t j = 0; j < n; j++) {
+		s[j] = vis[j] ? ef_exp(s[j] - max) : 0;
+		sum += s[j];
+	}
+	float inv = 1.0f / sum;
+	for (int64_t j = 0; j < n; j++) {
+		s[j] = ef_round(s[j] * inv, dtype);
+	}
+}
+
+// y[0:n] += a·x[0:n]
+static void ef_axpy_scalar(float a, const float *x, float *y, int64_t n) {
+	for (int64_t i = 0; i < n; i++) {
+		y[i] += a * x[i];
+	}
+}
+
+static void ef_round_row_scalar(float *x, int64_t n, int dtype) {
+	for (int64_t i = 0; i < n; i++) {
+		x[i] = ef_round(x[i], dtype);
+	}
+}
+
+#if defined(__x86_64__)
+EF_AVX512 static void ef_axpy_avx512(float a, const float *x, float *y, int64_t n) {
+	__m512 va = _mm512_set1_ps(a);
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 m = ef_tail(n - i);
+		__m512 vy = _mm512_maskz_loadu_ps(m, y + i);
+		_mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), vy));
+	}
+}
+
+EF_AVX512 static void ef_round_row_avx512(float *x, int64_t n, int dtype) {
+	if (dtype != EF_BF16) {
+		return;
+	}
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 m = ef_tail(n - i);
+		_mm512_mask_storeu_ps(x + i, m, ef_v_round(_mm512_maskz_loadu_ps(m, x + i), dtype));
+	}
+}
+
+EF_AVX512 static void ef_softmax_row_avx512(float *s, const uint8_t *vis, int64_t n, int dtype) {
+	__m512 vmax = _mm512_set1_ps(-INFINITY);
+	for (int64_t j = 0; j < n; j += 16) {
+		__mmask16 m = ef_tail(n - j);
+		__mmask16 seen = _mm512_mask_test_epi32_mask(m, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, vis + j)),
+		                                             _mm512_set1_epi32(0xff));
+		vmax = _mm512_mask_max_ps(vmax, seen, vmax, _mm512_maskz_loadu_ps(m, s + j));
+	}
+	__m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+	__m512 vsum = _mm512_setzero_ps();
+	for (int64_t j = 0; j < n; j += 16) {
+		__mmask16 m = ef_tail(n - j);
+		__mmask16 seen = _mm512_mask_test_epi32_mask(m, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, vis + j)),
+		                                             _mm512_set1_epi32(0xff));
+		__m512 e = _mm512_maskz_mov_ps(seen, ef_v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), mx)));
+		_mm512_mask_storeu_ps(s + j, m, e);
+		vsum = _mm512_add_ps(vsum, e);
+	}
+	__m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+	for (int64_t j = 0; j < n; j += 16) {
+		__mmask16 m = ef_tail(n - j);
+		_mm512_mask_storeu_ps(s + j, m, ef_v_round(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), inv), dtype));
+	}
+}
+#else
+#define ef_axpy_avx512 ef_axpy_scalar
+#define ef_round_row_avx512 ef_round_row_scalar
+#define ef_softmax_row_avx512 ef_softmax_row
+#endif
+
+#if defined(__x86_64__)
+// ef_attention_tasks_avx512 is ef_attention_tasks for AVX-512: the keys of
+// a task are transposed into kt [hd][Tp] (Tp: T rounded up to 16, zero
+// padded) and the values kept as vv [T][hd], both float32; queries go four
+// at a time, so that each vector of keys or values loaded serves four
+// fused multiply-adds.
+EF_AVX512 static int ef_attention_tasks_avx512(const ef_attention_args *a, int64_t t0, int64_t t1) {
+	enum { NQ = 4 };
+	int dtype = a->dtype;
+	int64_t hd = a->hd, T = a->P + a->L, Tp = (T + 15) / 16 * 16, per = a->H / a->G;
+	float *kt = malloc(sizeof(float) * (size_t)(hd * Tp + T * hd + NQ * Tp + NQ * hd));
+	if (kt == NULL) {
+		return -1;
+	}
+	float *vv = kt + hd * Tp, *sc = vv + T * hd, *qv = sc + NQ * Tp;
+	float sq = sqrtf(a->scale);
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	for (int64_t t = t0; t < t1; t++) {
+		int64_t b = t / a->G, g = t % a->G;
+		memset(kt, 0, sizeof(float) * (size_t)(hd * Tp));
+		ef_keys(a, b, g, Tp, kt, vv);
+		for (int64_t h = g * per; h < (g + 1) * per; h++) {
+			for (int64_t l0 = 0; l0 < a->L; l0 += NQ) {
+				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
+				const uint8_t *vis[NQ];
+				int any[NQ] = {0};
+				for (int i = 0; i < NQ; i++) {
+					int64_t l = l0 + (i < nq ? i : 0);
+					vis[i] = a->visible + (b * a->L + l) * T;
+					int64_t qo = b * a->qs[0] + h * a->qs[1] + l * a->qs[2];
+					for (int64_t d = 0; d < hd; d++) {
+						qv[i * hd + d] = ef_round(ef_load(a->q, dtype, qo + d) * sq, dtype);
+					}
+					for (int64_t j = 0; i < nq && j < T; j++) {
+						any[i] |= vis[i][j];
+					}
+				}
+				// scores: sc[i][j] = qv[i] · k_j, rounded
+				for (int64_t j = 0; j < Tp; j += 16) {
+					__m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+					for (int64_t d = 0; d < hd; d++) {
+						__m512 kv = _mm512_loadu_ps(kt + d * Tp + j);
+						s0 = _mm512_fmadd_ps(_mm512_set1_ps(qv[d]), kv, s0);
+						s1 = _mm512_fmadd_ps(_mm512_set1_ps(qv[hd + d]), kv, s1);
+						s2 = _mm512_fmadd_ps(_mm512_set1_ps(qv[2 * hd + d]), kv, s2);
+						s3 = _mm512_fmadd_ps(_mm512_set1_ps(qv[3 * hd + d]), kv, s3);
+					}
+					_mm512_storeu_ps(sc + j, ef_v_round(s0, dtype));
+					_mm512_storeu_ps(sc + Tp + j, ef_v_round(s1, dtype));
+					_mm512_storeu_ps(sc + 2 * Tp + j, ef_v_round(s2, dtype));
+					_mm512_storeu_ps(sc + 3 * Tp + j, ef_v_round(s3, dtype));
+				}
+				for (int i = 0; i < nq; i++) {
+					if (any[i]) {
+						ef_softmax_row_avx512(sc + i * Tp, vis[i], T, dtype);
+					}
+				}
+				// outputs: o[i] = Σ_j sc[i][j] v_j over the keys query i sees
+				for (int64_t d = 0; d < hd; d += 16) {
+					__mmask16 m = ef_tail(hd - d);
+					__m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+					for (int64_t j = 0; j < T; j++) {
+						int seen = vis[0][j] | vis[1][j] | vis[2][j] | vis[3][j];
+						if (!seen) {
+							continue;
+						}
+						__m512 vj = _mm512_maskz_loadu_ps(m, vv + j * hd + d);
+						// a key one query does not see has weight 0 there
+						o0 = _mm512_fmadd_ps(_mm512_set1_ps(vis[0][j] ? sc[j] : 0), vj, o0);
+						o1 = _mm512_fmadd_ps(_mm512_set1_ps(vis[1][j] ? sc[Tp + j] : 0), vj, o1);
+						o2 = _mm512_fmadd_ps(_mm512_set1_ps(vis[2][j] ? sc[2 * Tp + j] : 0), vj, o2);
+						o3 = _mm512_fmadd_ps(_mm512_set1_ps(vis[3][j] ? sc[3 * Tp + j] : 0), vj, o3);
+					}
+					__m512 os[NQ] = {o0, o1, o2, o3};
+					for (int i = 0; i < nq; i++) {
+						char *o = (char *)a->out + (size_t)((b * a->L + l0 + i) * a->H + h) * (size_t)hd * esize;
+						ef_v_store(o, dtype, d, any[i] ? os[i] : _mm512_setzero_ps(), m);
+					}
+				}
+			}
+		}
+	}
+	free(kt);
+	return 0;
+}
+#endif
+
+static int ef_attention_tasks(const ef_attention_args *a, int64_t t0, int64_t t1, int simd) {
+#if defined(__x86_64__)
+	if (simd) {
+		return ef_attention_tasks_avx512(a, t0, t1);
+	}
+#endif
+	void (*axpy)(float, const float *, float *, int64_t) = simd ? ef_axpy_avx512 : ef_axpy_scalar;
+	void (*round_row)(float *, int64_t, int) = simd ? ef_round_row_avx512 : ef_round_row_scalar;
+	void (*softmax)(float *, const uint8_t *, int64_t, int) = simd ? ef_softmax_row_avx512 : ef_softmax_row;
+	int dtype = a->dtype;
+	int64_t hd = a->hd, T = a->P + a->L, per = a->H / a->G;
+	float *kt = malloc(sizeof(float) * (size_t)(hd * T + T * hd + T + 2 * hd));
+	if (kt == NULL) {
+		return -1;
+	}
+	float *vv = kt + hd * T, *sc = vv + T * hd, *qv = sc + T, *acc = qv + hd;
+	float sq = sqrtf(a->scale);
+	size_t esize = dtype == EF_BF16 ? 2 : 4;
+	for (int64_t t = t0; t < t1; t++) {
+		int64_t b = t / a->G, g = t % a->G;
+		ef_keys(a, b, g, T, kt, vv);
+		for (int64_t h = g * per; h < (g + 1) * per; h++) {
+			for (int64_t l = 0; l < a->L; l++) {
+				int64_t qo = b * a->qs[0] + h * a->qs[1] + l * a->qs[2];
+				const uint8_t *vis = a->visible + (b * a->L + l) * T;
+				int any = 0;
+				for (int64_t j = 0; j < T; j++) {
+					any |= vis[j];
+					sc[j] = 0;
+				}
+				void *o = (char *)a->out + (size_t)((b * a->L + l) * a->H + h) * (size_t)hd * esize;
+				if (!any) {
+					memset(o, 0, (size_t)hd * esize);
+					continue;
+				}
+				for (int64_t d = 0; d < hd; d++) {
+					qv[d] = ef_round(ef_load(a->q, dtype, qo + d) * sq, dtype);
+					axpy(qv[d], kt + d * T, sc, T);
+				}
+				round_row(sc, T, dtype);
+				softmax(sc, vis, T, dtype);
+				for (int64_t d = 0; d < hd; d++) {
+					acc[d] = 0;
+				}
+				for (int64_t j = 0; j < T; j++) {
+					if (vis[j]) {
+						axpy(sc[j], vv + j * hd, acc, hd);
+					}
+				}
+				for (int64_t d = 0; d < hd; d++) {
+					ef_store(o, dtype, d, acc[d]);
+				}
+			}
+		}
+	}
+	free(kt);
+	return 0;
+}

@@ -7,7 +7,10 @@ package tensor
 import "C"
 
 import (
+	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	lib "github.com/sugarme/gotch/libtch"
@@ -189,11 +192,9 @@ func (s *Scope) rotatePairs(x, cos, sin *Tensor, k kernels) *Tensor {
 		return nil
 	}
 	B, L, H, hd := shape[0], shape[1], shape[2], shape[3]
-	stride := make([]int64, 4)
-	lib.AtStride(x.c, unsafe.Pointer(&stride[0]))
+	stride := strides(x)
 	rowsEvenlySpaced := stride[3] == 1 && stride[2] == hd && stride[0] == L*stride[1]
-	if k == kernelsComposite || !rowsEvenlySpaced || !s.fusable(cos, sin) || cos.DType() != x.DType() || cos.Numel() != B*L*hd ||
-		x.DType() != Float32 && x.DType() != BFloat16 || deviceIndex(x) != -1 || x.RequiresGrad() {
+	if k == kernelsComposite || !rowsEvenlySpaced || !s.fusable(cos, sin) || !s.sameKind(x, cos) || cos.Numel() != B*L*hd {
 		pairs := s.Reshape(x, B, L, H, hd/2, 2)
 		swapped := s.Reshape(s.Stack([]*Tensor{s.Select(pairs, -1, 1), s.Select(pairs, -1, 0)}, -1), shape...)
 		return s.Add(s.Mul(x, cos), s.Mul(swapped, sin))
@@ -258,4 +259,132 @@ func FusedKernels() string {
 		return "AVX-512"
 	}
 	return "portable C"
+}
+
+// Attention is multi-head attention with grouped keys and values (heads
+// h·G/H .. share group h·G/H) after an optional past: q [B, H, L, hd], k
+// and v [B, G, L, hd], pastK and pastV [R, G, P, hd] with R 1 (every row
+// shares them) or B, or both nil (views are fine: only the last dimension
+// must be contiguous); visible is a bool [B, L, P+L] mask (true: the
+// query sees the key; past keys first). Scores are scaled by scale. The
+// result is [B, L, H·hd], the heads of a position side by side, as an
+// output projection takes them.
+//
+// The fused kernel computes what libtorch's scaled_dot_product_attention
+// computes with a boolean mask (same roundings), except that a query that
+// sees no key gets zeros instead of NaN.
+func (s *Scope) Attention(q, k, v, pastK, pastV, visible *Tensor, scale float64) *Tensor {
+	return s.attention(q, k, v, pastK, pastV, visible, scale, kernelsBest)
+}
+
+func (s *Scope) attention(q, k, v, pastK, pastV, visible *Tensor, scale float64, kern kernels) *Tensor {
+	if !s.ready("attention", q, k, v, visible) {
+		return nil
+	}
+	if (pastK == nil) != (pastV == nil) {
+		s.Fail(&Error{Op: "attention", Msg: "past keys without past values, or the reverse"})
+		return nil
+	}
+	qsh, ksh := q.Shape(), k.Shape()
+	if len(qsh) != 4 || len(ksh) != 4 || ksh[1] == 0 || qsh[1]%ksh[1] != 0 || qsh[0] != ksh[0] || qsh[2] != ksh[2] || qsh[3] != ksh[3] {
+		s.Fail(&Error{Op: "attention", Msg: fmt.Sprintf("queries %v and keys %v do not fit [B, H, L, hd] and [B, G, L, hd]", qsh, ksh)})
+		return nil
+	}
+	if !slices.Equal(v.Shape(), ksh) {
+		s.Fail(&Error{Op: "attention", Msg: fmt.Sprintf("values %v and keys %v differ in shape", v.Shape(), ksh)})
+		return nil
+	}
+	B, H, L, hd, G := qsh[0], qsh[1], qsh[2], qsh[3], ksh[1]
+	P, R := int64(0), int64(1)
+	if pastK != nil {
+		psh := pastK.Shape()
+		if len(psh) != 4 || psh[1] != G || psh[3] != hd || (psh[0] != 1 && psh[0] != B) || !slices.Equal(pastV.Shape(), psh) {
+			s.Fail(&Error{Op: "attention", Msg: fmt.Sprintf("past keys %v do not fit [1 or %d, %d, P, %d]", psh, B, G, hd)})
+			return nil
+		}
+		P, R = psh[2], psh[0]
+	}
+	qs, ks, vs := strides(q), strides(k), strides(v)
+	pks, pvs := []int64{0, 0, 0, 1}, []int64{0, 0, 0, 1}
+	kinds := []*Tensor{q, k, v}
+	if pastK != nil {
+		pks, pvs = strides(pastK), strides(pastV)
+		kinds = append(kinds, pastK, pastV)
+	}
+	lastContiguous := qs[3] == 1 && ks[3] == 1 && vs[3] == 1 && pks[3] == 1 && pvs[3] == 1
+	if kern == kernelsComposite || !lastContiguous || !s.sameKind(kinds...) ||
+		visible.DType() != Bool || !lib.AtIsContiguous(visible.c) || visible.Numel() != B*L*(P+L) {
+		return s.attentionComposite(q, k, v, pastK, pastV, visible, scale)
+	}
+	out := s.emptyLike(q, B, L, H*hd)
+	if out == nil {
+		return nil
+	}
+	args := C.ef_attention_args{dtype: C.int(q.DType()), B: C.int64_t(B), H: C.int64_t(H), G: C.int64_t(G),
+		L: C.int64_t(L), P: C.int64_t(P), hd: C.int64_t(hd), q: data(q), k: data(k), v: data(v),
+		visible: (*C.uint8_t)(data(visible)), scale: C.float(scale), out: data(out)}
+	for i := 0; i < 3; i++ {
+		args.qs[i], args.ks[i], args.vs[i] = C.int64_t(qs[i]), C.int64_t(ks[i]), C.int64_t(vs[i])
+		args.pks[i], args.pvs[i] = C.int64_t(pks[i]), C.int64_t(pvs[i])
+	}
+	if pastK != nil {
+		args.pk, args.pv = data(pastK), data(pastV)
+		args.past_shared = C.int(cbool(R == 1))
+	}
+	simd := kern.simd()
+	var failed atomic.Bool
+	parallelRows(B*G, func(t0, t1 int64) {
+		if C.ef_attention(simd, &args, C.int64_t(t0), C.int64_t(t1)) != 0 {
+			failed.Store(true)
+		}
+	})
+	if failed.Load() {
+		s.Fail(&Error{Op: "attention", Msg: "out of memory for the kernel's scratch"})
+		return nil
+	}
+	return out
+}
+
+// attentionComposite is Attention with libtorch's operations.
+func (s *Scope) attentionComposite(q, k, v, pastK, pastV, visible *Tensor, scale float64) *Tensor {
+	qsh := q.Shape()
+	B, H, L, hd, G := qsh[0], qsh[1], qsh[2], qsh[3], k.Size(1)
+	if pastK != nil {
+		if pastK.Size(0) != B {
+			pastK = s.Expand(pastK, B, -1, -1, -1)
+			pastV = s.Expand(pastV, B, -1, -1, -1)
+		}
+		k = s.Cat([]*Tensor{pastK, k}, 2)
+		v = s.Cat([]*Tensor{pastV, v}, 2)
+	}
+	if G != H {
+		T := k.Size(2)
+		k = s.Reshape(s.Expand(s.Unsqueeze(k, 2), B, G, H/G, T, hd), B, H, T, hd)
+		v = s.Reshape(s.Expand(s.Unsqueeze(v, 2), B, G, H/G, T, hd), B, H, T, hd)
+	}
+	mask := s.Reshape(visible, B, 1, L, visible.Size(-1))
+	o := s.ScaledDotProductAttention(q, k, v, mask, false, scale)
+	return s.Reshape(s.Transpose(o, 1, 2), B, L, H*hd)
+}
+
+// strides is t's strides, in elements.
+func strides(t *Tensor) []int64 {
+	st := make([]int64, len(t.Shape()))
+	if len(st) > 0 {
+		lib.AtStride(t.c, unsafe.Pointer(&st[0]))
+	}
+	return st
+}
+
+// sameKind reports whether ts have one dtype (float32 or bfloat16), are on
+// the CPU and need no gradient: what the kernels need of views they read
+// through strides.
+func (s *Scope) sameKind(ts ...*Tensor) bool {
+	dtype := ts[0].DType()
+	for _, t := range ts {
+		if s.grad || t.DType() != dtype || (dtype != Float32 && dtype != BFloat16) || deviceIndex(t) != -1 || t.RequiresGrad() {
+			return false
+		}
+	}
+	return true
 }

@@ -12,3 +12,17 @@ void ef_rms_norm(int simd, const void *x, const void *weight, int dtype, int64_t
 void ef_silu_mul(int simd, const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out);
 void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,
                int64_t head_dim, const void *cos, const void *sin, void *out);
+
+// Arguments of ef_attention; see kernels.c.
+typedef struct {
+	int dtype;
+	int64_t B, H, G, L, P, hd;
+	const void *q, *k, *v, *pk, *pv;
+	int64_t qs[3], ks[3], vs[3], pks[3], pvs[3];
+	int past_shared;
+	const uint8_t *visible;
+	float scale;
+	void *out;
+} ef_attention_args;
+
+int ef_attention(int simd, const ef_attention_args *a, int64_t t0, int64_t t1);

@@ -177,3 +177,57 @@ func TestHostMemoryKept(t *testing.T) {
 		t.Fatalf("HostMemory() = %q, want kept (EMOFLOW_HOST_MEMORY unset)", got)
 	}
 }
+
+// TestAttentionKernel: grouped queries over a past (shared by the rows or
+// one per row) and the rows' own keys, under a mask with padding, in views
+// of a fused projection as the model passes them, against libtorch's
+// scaled_dot_product_attention.
+func TestAttentionKernel(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for _, c := range []struct {
+		B, H, G, L, P, R, hd int64
+	}{{2, 4, 2, 5, 3, 1, 16}, {3, 6, 3, 7, 4, 3, 20}, {2, 2, 2, 4, 0, 0, 8}, {1, 8, 1, 9, 17, 1, 64}} {
+		for _, dtype := range []DType{Float32, BFloat16} {
+			attentionCase(t, r, dtype, c.B, c.H, c.G, c.L, c.P, c.R, c.hd)
+		}
+	}
+}
+
+func attentionCase(t *testing.T, r *rand.Rand, dtype DType, B, H, G, L, P, R, hd int64) {
+	t.Helper()
+	s := NewScope()
+	defer s.Close()
+	width := (H + 2*G) * hd
+	qkv := s.ToDType(s.FromFloat32(randomFloats(r, int(B*L*width), 1), []int64{B, L, width}, CPU), dtype)
+	q := s.Transpose(s.Reshape(s.Narrow(qkv, -1, 0, H*hd), B, L, H, hd), 1, 2)
+	k := s.Transpose(s.Reshape(s.Narrow(qkv, -1, H*hd, G*hd), B, L, G, hd), 1, 2)
+	v := s.Transpose(s.Reshape(s.Narrow(qkv, -1, (H+G)*hd, G*hd), B, L, G, hd), 1, 2)
+	var pk, pv *Tensor
+	if P > 0 {
+		pk = s.ToDType(s.FromFloat32(randomFloats(r, int(R*G*P*hd), 1), []int64{R, G, P, hd}, CPU), dtype)
+		pv = s.ToDType(s.FromFloat32(randomFloats(r, int(R*G*P*hd), 1), []int64{R, G, P, hd}, CPU), dtype)
+	}
+	// Causal over the rows' own tokens after the whole past, the last row's
+	// final token a pad that sees only itself.
+	vis := make([]bool, B*L*(P+L))
+	for b := int64(0); b < B; b++ {
+		for i := int64(0); i < L; i++ {
+			for j := int64(0); j < P+L; j++ {
+				vis[(b*L+i)*(P+L)+j] = j < P || j-P <= i
+				if b == B-1 && i == L-1 {
+					vis[(b*L+i)*(P+L)+j] = j-P == i
+				}
+			}
+		}
+	}
+	visible := s.FromBool(vis, []int64{B, L, P + L}, CPU)
+	scale := 1 / math.Sqrt(float64(hd))
+	want := s.Float32s(s.attention(q, k, v, pk, pv, visible, scale, kernelsComposite))
+	for _, c := range kernelCases {
+		got := s.Float32s(s.attention(q, k, v, pk, pv, visible, scale, c.k))
+		if err := s.Err(); err != nil {
+			t.Fatal(err)
+		}
+		closeEnough(t, fmt.Sprintf("attention %s %s B%d H%d G%d L%d P%d R%d hd%d", dtype, c.name, B, H, G, L, P, R, hd), dtype, got, want)
+	}
+}
