@@ -67,7 +67,7 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TokenizerDir, "tokenizer-dir", "", "folder with tokenizer.model or ice_text.model (default: -model-dir)")
 	fs.StringVar(&c.PromptFile, "prompt", "", "prompt template JSON (text with {text}, labels, wrap); default: the built-in Ekman template")
 	fs.StringVar(&c.Device, "device", "cpu", "where the model runs: cpu, cuda or cuda:N")
-	fs.StringVar(&c.DType, "dtype", "float32", "compute dtype: float32, bfloat16 or float16 (float16 on CUDA only)")
+	fs.StringVar(&c.DType, "dtype", "auto", "compute dtype: auto (bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX, else float32), float32, bfloat16 or float16 (float16 on CUDA only)")
 	fs.IntVar(&c.Threads, "threads", 0, "libtorch intra-op threads (0: CPU cores / -workers)")
 	fs.IntVar(&c.Workers, "workers", 1, "batches computed at once (one per GPU; on CPU, thread groups)")
 	fs.IntVar(&c.MaxTexts, "max-texts", 64, "most texts in one /v1/classify request")
@@ -129,9 +129,11 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
-	dt, err := tensor.ParseDType(c.DType)
-	if err != nil {
-		return &service.ConfigError{Err: err}
+	dt := tensor.FastDType(dev)
+	if c.DType != "auto" {
+		if dt, err = tensor.ParseDType(c.DType); err != nil {
+			return &service.ConfigError{Err: err}
+		}
 	}
 	tmpl := prompt.Default()
 	if c.PromptFile != "" {

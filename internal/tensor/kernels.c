@@ -381,6 +381,14 @@ static int ef_has_avx512(void) { return 0; }
 
 int ef_simd(void) { return ef_has_avx512(); }
 
+int ef_fast_bf16(void) {
+#if defined(__x86_64__)
+	return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+	return 0;
+#endif
+}
+
 void ef_log_softmax_pick(int simd, const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
                          const int64_t *targets, int64_t width, float *out) {
 	if (simd) {

@@ -5,6 +5,7 @@
 enum { EF_F32 = 6, EF_BF16 = 15 };
 
 int ef_simd(void);
+int ef_fast_bf16(void); // the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX)
 void ef_log_softmax_pick(int simd, const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
                          const int64_t *targets, int64_t width, float *out);
 void ef_rms_norm(int simd, const void *x, const void *weight, int dtype, int64_t r0, int64_t r1, int64_t dim,

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"strings"
 	"testing"
 )
 
@@ -229,5 +231,24 @@ func attentionCase(t *testing.T, r *rand.Rand, dtype DType, B, H, G, L, P, R, hd
 			t.Fatal(err)
 		}
 		closeEnough(t, fmt.Sprintf("attention %s %s B%d H%d G%d L%d P%d R%d hd%d", dtype, c.name, B, H, G, L, P, R, hd), dtype, got, want)
+	}
+}
+
+// TestFastDType: bfloat16 on CUDA, and on the CPU exactly when the kernel
+// reports bfloat16 arithmetic (/proc/cpuinfo's avx512_bf16 or amx_bf16).
+func TestFastDType(t *testing.T) {
+	if got := FastDType(CUDA(0)); got != BFloat16 {
+		t.Errorf("FastDType(cuda:0) = %v, want bfloat16", got)
+	}
+	info, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		t.Skip("no /proc/cpuinfo:", err)
+	}
+	want := Float32
+	if strings.Contains(string(info), " avx512_bf16") || strings.Contains(string(info), " amx_bf16") {
+		want = BFloat16
+	}
+	if got := FastDType(CPU); got != want {
+		t.Errorf("FastDType(cpu) = %v, want %v from /proc/cpuinfo", got, want)
 	}
 }
