@@ -32,7 +32,7 @@ RUN go mod download
 COPY . .
 # gotch's own (CUDA) cgo flags, not the CPU copy that scripts/setup.sh
 # makes for go.work; -D_GLIBCXX_USE_CXX11_ABI=0 must reach g++ as well.
-ENV GOWORK=off CGO_ENABLED=1 GOFLAGS=-buildvcs=false \
+ENV GOWORK=off CGO_ENABLED=1 GOFLAGS=-buildvcs=false GOEXPERIMENT=jsonv2 \
     CGO_CXXFLAGS="-D_GLIBCXX_USE_CXX11_ABI=0" \
     LIBRARY_PATH=/usr/local/lib/libtorch/lib:/usr/local/cuda/lib64
 RUN go build -trimpath -o /out/classifier ./cmd/classifier

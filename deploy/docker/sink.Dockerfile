@@ -12,7 +12,7 @@ RUN go mod download
 COPY . .
 # go.work (made by scripts/setup.sh for the CPU build of gotch) is not in
 # the context; sink does not link gotch. No cgo: a static binary.
-ENV GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+ENV GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOEXPERIMENT=jsonv2
 RUN go build -trimpath -ldflags="-s -w" -o /out/sink ./cmd/sink
 
 FROM gcr.io/distroless/static-debian12:nonroot AS runtime
