@@ -30,6 +30,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ]; then
 	exit 0
 fi
 
+for tool in cmake c++ cc make; do
+	command -v "$tool" >/dev/null || { log "needs $tool (Debian: apt-get install cmake g++ make)"; exit 1; }
+done
+
 sdist=$root/chatglm_cpp-$version.tar.gz
 if [ ! -f "$sdist" ]; then
 	log "downloading the chatglm-cpp==$version sdist from PyPI"
