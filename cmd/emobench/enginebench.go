@@ -50,7 +50,7 @@ func parseEngineOptions(args []string) (engineOptions, error) {
 	strategies := fs.String("hf-strategies", "kv,kv-shared", "transformers scoring strategies (see bench_hf.py: kv, kv-shared, full; full is several times slower), comma-separated")
 	fs.IntVar(&o.messages, "messages", 256, "GoEmotions test messages to score (0: all)")
 	fs.IntVar(&o.repeats, "repeats", 3, "rounds: passes over the messages per configuration (medians are reported)")
-	fs.IntVar(&o.threads, "threads", runtime.NumCPU(), "intra-op threads of both sides")
+	fs.IntVar(&o.threads, "threads", runtime.NumCPU(), "intra-op threads of every side (chatglm.cpp picks its own; the report says how many)")
 	fs.BoolVar(&o.withHF, "hf", true, "measure transformers too")
 	fs.BoolVar(&o.withCCPP, "chatglm-cpp", false, "measure chatglm.cpp 0.4.2 too (built into -python's environment on first use, several minutes)")
 	fs.StringVar(&o.ccppDir, "chatglm-cpp-dir", filepath.Join("tools", "reference", "chatglm_cpp"), "chatglm.cpp's install script, scoring module and model converter")
@@ -125,6 +125,11 @@ func (c engineConfig) String() string {
 // written (THUDM's tensor names); transformers loads a copy of the same
 // weights in its GlmForCausalLM layout. The messages are GoEmotions test
 // texts inside the default prompt template (internal/prompt).
+//
+// With -chatglm-cpp, chatglm.cpp 0.4.2 is a third side
+// (tools/reference/bench_chatglm_cpp.py, in each of its weight types, one
+// message at a time with exact label probabilities), and
+// engine_vs_chatglm_cpp=<ratio> comes just before the last line.
 func runEngineBench(ctx context.Context, args []string) error {
 	o, err := parseEngineOptions(args)
 	if err != nil {

@@ -41,6 +41,9 @@ func describeEngineBench(w *engineWorkload, p model.Prompt, tok tokenizer.Tokeni
 	if o.withHF {
 		fmt.Printf("transformers: GlmForCausalLM (a copy of the weights in its layout), %s attention, PyTorch eager\n", o.attention)
 	}
+	if o.withCCPP {
+		fmt.Printf("chatglm.cpp: 0.4.2 built for this CPU, the weights converted to its GGML file in %s; no batching\n", strings.Join(o.ccppTypes, ", "))
+	}
 }
 
 // blockMACs is the multiply-accumulates of one token through one layer's
