@@ -31,10 +31,14 @@ type engineOptions struct {
 	messages, repeats     int
 	threads               int
 	withHF                bool
+	withCCPP              bool     // chatglm.cpp as a third side
+	ccppDir, ccppScript   string   // its install/convert scripts, its peer process
+	ccppTypes             []string // its weight types
 }
 
 func parseEngineOptions(args []string) (engineOptions, error) {
 	var o engineOptions
+	var err error
 	fs := flag.NewFlagSet("emobench engine", flag.ContinueOnError)
 	fs.StringVar(&o.data, "data", defaultDataDir(), "shared data folder (GoEmotions)")
 	fs.StringVar(&o.python, "python", pythonPath(), "Python with torch and transformers (EMOFLOW_PYTHON)")
@@ -46,9 +50,13 @@ func parseEngineOptions(args []string) (engineOptions, error) {
 	strategies := fs.String("hf-strategies", "kv,kv-shared", "transformers scoring strategies (see bench_hf.py: kv, kv-shared, full; full is several times slower), comma-separated")
 	fs.IntVar(&o.messages, "messages", 256, "GoEmotions test messages to score (0: all)")
 	fs.IntVar(&o.repeats, "repeats", 3, "rounds: passes over the messages per configuration (medians are reported)")
-	fs.IntVar(&o.threads, "threads", runtime.NumCPU(), "intra-op threads of both sides")
+	fs.IntVar(&o.threads, "threads", runtime.NumCPU(), "intra-op threads of every side (chatglm.cpp picks its own; the report says how many)")
 	fs.BoolVar(&o.withHF, "hf", true, "measure transformers too")
-	if err := fs.Parse(args); err != nil {
+	fs.BoolVar(&o.withCCPP, "chatglm-cpp", false, "measure chatglm.cpp 0.4.2 too (built into -python's environment on first use, several minutes)")
+	fs.StringVar(&o.ccppDir, "chatglm-cpp-dir", filepath.Join("tools", "reference", "chatglm_cpp"), "chatglm.cpp's install script, scoring module and model converter")
+	fs.StringVar(&o.ccppScript, "chatglm-cpp-script", filepath.Join("tools", "reference", "bench_chatglm_cpp.py"), "the chatglm.cpp side")
+	ccppTypes := fs.String("chatglm-cpp-types", strings.Join(chatglmCppTypes, ","), "chatglm.cpp weight types, comma-separated")
+	if err = fs.Parse(args); err != nil {
 		return o, err
 	}
 	for _, s := range strings.Split(*dtypes, ",") {
@@ -71,6 +79,9 @@ func parseEngineOptions(args []string) (engineOptions, error) {
 		}
 		o.strategies = append(o.strategies, s)
 	}
+	if o.ccppTypes, err = parseChatGLMCppTypes(*ccppTypes); err != nil {
+		return o, err
+	}
 	if o.repeats <= 0 || o.threads <= 0 {
 		return o, fmt.Errorf("-repeats and -threads must be positive")
 	}
@@ -79,13 +90,17 @@ func parseEngineOptions(args []string) (engineOptions, error) {
 
 // engineConfig names one measured configuration.
 type engineConfig struct {
-	side     string // "engine" or "transformers"
-	dtype    tensor.DType
-	batch    int
-	strategy string // transformers only
+	side       string // "engine", "transformers" or "chatglm.cpp"
+	dtype      tensor.DType
+	batch      int
+	strategy   string // transformers only
+	weightType string // chatglm.cpp only (it has neither dtype nor batches)
 }
 
 func (c engineConfig) String() string {
+	if c.side == ccppSideName {
+		return fmt.Sprintf("%-12s %-8s unbatched", c.side, c.weightType)
+	}
 	s := fmt.Sprintf("%-12s %-8s batch %3d", c.side, c.dtype, c.batch)
 	if c.strategy != "" {
 		s += " " + c.strategy
@@ -110,6 +125,11 @@ func (c engineConfig) String() string {
 // written (THUDM's tensor names); transformers loads a copy of the same
 // weights in its GlmForCausalLM layout. The messages are GoEmotions test
 // texts inside the default prompt template (internal/prompt).
+//
+// With -chatglm-cpp, chatglm.cpp 0.4.2 is a third side
+// (tools/reference/bench_chatglm_cpp.py, in each of its weight types, one
+// message at a time with exact label probabilities), and
+// engine_vs_chatglm_cpp=<ratio> comes just before the last line.
 func runEngineBench(ctx context.Context, args []string) error {
 	o, err := parseEngineOptions(args)
 	if err != nil {
@@ -144,21 +164,42 @@ func runEngineBench(ctx context.Context, args []string) error {
 		defer pprof.StopCPUProfile()
 	}
 	b := &engineBench{o: o, w: w, scorers: map[tensor.DType]*model.Scorer{},
-		passes: map[engineConfig][]enginePass{}, agreement: map[tensor.DType]string{}}
+		passes: map[engineConfig][]enginePass{}, agreement: map[tensor.DType]string{},
+		ccppAgreement: map[string]string{}}
 	defer b.close()
 	if err := b.loadEngine(modelDir, p); err != nil {
 		return err
 	}
 	describeEngineBench(w, p, tok, b.labelBlock, o)
+	if o.withHF || o.withCCPP {
+		if err := b.writeWorkload(); err != nil {
+			return err
+		}
+	}
 	if o.withHF {
-		if err := b.startHF(hfDir); err != nil {
+		if b.hf, err = startHF(o.python, o.script, hfDir, b.workloadPath, o.attention, o.threads); err != nil {
+			return err
+		}
+	}
+	if o.withCCPP {
+		ggmlDir, err := ensureChatGLMCpp(ctx, o.python, o.ccppDir, modelDir, hfDir, o.ccppTypes)
+		if err != nil {
+			return err
+		}
+		if b.ccpp, err = startChatGLMCpp(o.python, o.ccppScript, ggmlDir, b.workloadPath, o.threads); err != nil {
 			return err
 		}
 	}
 	if err := b.measure(ctx); err != nil {
 		return err
 	}
-	printEngineReport(o, w, b.labelBlock, b.passes, b.agreement)
+	b.hfRatio = printEngineReport(o, w, b.labelBlock, b.passes, b.agreement)
+	if o.withCCPP {
+		printChatGLMCppReport(o, b)
+	}
+	if o.withHF {
+		printEngineVsHF(b.hfRatio)
+	}
 	return nil
 }
 
@@ -171,9 +212,15 @@ type engineBench struct {
 	labelBlock int // the engine's label block, in tokens
 	closers    []func()
 	hf         *hfSide
+	ccpp       *ccppSide
 
-	passes    map[engineConfig][]enginePass // in round order
-	agreement map[tensor.DType]string
+	workloadPath string
+
+	passes        map[engineConfig][]enginePass // in round order
+	agreement     map[tensor.DType]string
+	ccppAgreement map[string]string // per chatglm.cpp weight type
+	engineF32     [][]float64       // the engine's float32 log-probabilities (first pass)
+	hfRatio       float64           // engine_vs_hf_eager
 }
 
 // loadEngine loads the model in every dtype and warms each scorer up, so
@@ -199,26 +246,25 @@ func (b *engineBench) loadEngine(modelDir string, p model.Prompt) error {
 	return nil
 }
 
-// startHF writes the workload for bench_hf.py and starts it on hfDir.
-func (b *engineBench) startHF(hfDir string) error {
+// writeWorkload writes the workload file the peer processes read.
+func (b *engineBench) writeWorkload() error {
 	f, err := os.CreateTemp("", "emobench-engine-workload-*.json")
 	if err != nil {
 		return fmt.Errorf("workload: %w", err)
 	}
 	f.Close()
 	b.closers = append(b.closers, func() { os.Remove(f.Name()) })
-	if err := b.w.write(f.Name()); err != nil {
-		return err
-	}
-	b.hf, err = startHF(b.o.python, b.o.script, hfDir, f.Name(), b.o.attention, b.o.threads)
-	return err
+	b.workloadPath = f.Name()
+	return b.w.write(f.Name())
 }
 
-// close ends the transformers process and frees the engine, last opened
-// first.
+// close ends the peer processes and frees the engine, last opened first.
 func (b *engineBench) close() {
-	if b.hf != nil {
-		if err := b.hf.close(); err != nil {
+	for _, p := range []*peerProcess{b.hfPeer(), b.ccppPeer()} {
+		if p == nil {
+			continue
+		}
+		if err := p.close(); err != nil {
 			fmt.Fprintln(os.Stderr, "emobench engine:", err)
 		}
 	}
@@ -227,9 +273,24 @@ func (b *engineBench) close() {
 	}
 }
 
+func (b *engineBench) hfPeer() *peerProcess {
+	if b.hf == nil {
+		return nil
+	}
+	return b.hf.peerProcess
+}
+
+func (b *engineBench) ccppPeer() *peerProcess {
+	if b.ccpp == nil {
+		return nil
+	}
+	return b.ccpp.peerProcess
+}
+
 // measure runs -repeats rounds of every configuration. Each engine pass is
 // followed by the transformers passes of the same dtype and batch size, so
-// that both sides meet about the same load of the machine.
+// that both sides meet about the same load of the machine; each round ends
+// with chatglm.cpp's passes, one per weight type.
 func (b *engineBench) measure(ctx context.Context) error {
 	n := float64(len(b.w.Texts))
 	for rep := 0; rep < b.o.repeats; rep++ {
@@ -244,6 +305,9 @@ func (b *engineBench) measure(ctx context.Context) error {
 				}
 				b.record(rep, engineConfig{side: "engine", dtype: dt, batch: bs},
 					enginePass{rate: n / elapsed.Seconds(), cpuMS: 1000 * cpu.Seconds() / n})
+				if rep == 0 && bi == 0 && dt == tensor.Float32 {
+					b.engineF32 = engineLP
+				}
 				if b.hf == nil {
 					continue
 				}
@@ -263,6 +327,36 @@ func (b *engineBench) measure(ctx context.Context) error {
 						}
 					}
 				}
+			}
+		}
+		if err := b.measureChatGLMCpp(ctx, rep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measureChatGLMCpp runs one round of chatglm.cpp's passes. The first
+// round also checks its label log-probabilities against the engine's
+// float32 ones, when the engine ran in float32.
+func (b *engineBench) measureChatGLMCpp(ctx context.Context, rep int) error {
+	if b.ccpp == nil {
+		return nil
+	}
+	for _, t := range b.o.ccppTypes {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		check := rep == 0 && b.engineF32 != nil
+		a, err := b.ccpp.run(ccppRequest{WeightType: t, LogProbs: check})
+		if err != nil {
+			return err
+		}
+		b.record(rep, engineConfig{side: ccppSideName, weightType: t},
+			enginePass{rate: float64(a.Messages) / a.Seconds, cpuMS: 1000 * a.CPUSeconds / float64(a.Messages)})
+		if check {
+			if b.ccppAgreement[t], err = ccppAgreement(t, b.engineF32, a.LogProbs); err != nil {
+				return err
 			}
 		}
 	}

@@ -10,13 +10,15 @@ import (
 	"strconv"
 )
 
-// hfSide is a running tools/reference/bench_hf.py: it scores the workload
-// with transformers when asked, one request at a time, so that its runs
-// interleave with the engine's and both see the same machine load.
-type hfSide struct {
-	cmd *exec.Cmd
-	in  io.WriteCloser
-	out *bufio.Scanner
+// peerProcess is a running benchmark peer (tools/reference/bench_hf.py or
+// bench_chatglm_cpp.py): it scores the workload when asked, one request at
+// a time, so that its runs interleave with the engine's and all sides see
+// the same machine load.
+type peerProcess struct {
+	name string
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Scanner
 }
 
 // hfRequest and hfAnswer are bench_hf.py's protocol, one JSON object a line.
@@ -34,54 +36,71 @@ type hfAnswer struct {
 	LogProbs   [][]float64 `json:"logprobs"`
 }
 
+// hfSide is a running bench_hf.py.
+type hfSide struct{ *peerProcess }
+
 // startHF starts bench_hf.py on modelDir and the workload file.
 func startHF(python, script, modelDir, workloadPath, attention string, threads int) (*hfSide, error) {
-	cmd := exec.Command(python, script, "--model", modelDir, "--workload", workloadPath,
-		"--threads", strconv.Itoa(threads), "--attention", attention)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
+	p, err := startPeer("transformers side", exec.Command(python, script, "--model", modelDir, "--workload", workloadPath,
+		"--threads", strconv.Itoa(threads), "--attention", attention))
 	if err != nil {
-		return nil, fmt.Errorf("transformers side: %w", err)
+		return nil, err
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, fmt.Errorf("transformers side: %w", err)
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("transformers side (%s): %w", python, err)
-	}
-	sc := bufio.NewScanner(out)
-	sc.Buffer(make([]byte, 1<<20), 256<<20) // log-probabilities of every message
-	return &hfSide{cmd: cmd, in: in, out: sc}, nil
+	return &hfSide{p}, nil
 }
 
 // run asks for one pass over the workload.
 func (h *hfSide) run(req hfRequest) (hfAnswer, error) {
+	var a hfAnswer
+	err := h.call(req, &a)
+	return a, err
+}
+
+// startPeer starts cmd with its stderr on ours.
+func startPeer(name string, cmd *exec.Cmd) (*peerProcess, error) {
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s (%s): %w", name, cmd.Path, err)
+	}
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 1<<20), 256<<20) // log-probabilities of every message
+	return &peerProcess{name: name, cmd: cmd, in: in, out: sc}, nil
+}
+
+// call sends req and decodes the answer line into answer.
+func (p *peerProcess) call(req, answer any) error {
 	b, err := json.Marshal(req)
 	if err != nil {
-		return hfAnswer{}, err
+		return err
 	}
-	if _, err := h.in.Write(append(b, '\n')); err != nil {
-		return hfAnswer{}, fmt.Errorf("transformers side: %w", err)
+	if _, err := p.in.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
 	}
-	if !h.out.Scan() {
-		if err := h.out.Err(); err != nil {
-			return hfAnswer{}, fmt.Errorf("transformers side: %w", err)
+	if !p.out.Scan() {
+		if err := p.out.Err(); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
 		}
-		return hfAnswer{}, fmt.Errorf("transformers side exited without answering %s", b)
+		return fmt.Errorf("%s exited without answering %s", p.name, b)
 	}
-	var a hfAnswer
-	if err := json.Unmarshal(h.out.Bytes(), &a); err != nil {
-		return hfAnswer{}, fmt.Errorf("transformers side answered %q: %w", h.out.Text(), err)
+	if err := json.Unmarshal(p.out.Bytes(), answer); err != nil {
+		return fmt.Errorf("%s answered %q: %w", p.name, p.out.Text(), err)
 	}
-	return a, nil
+	return nil
 }
 
 // close ends the process (end of input) and waits for it.
-func (h *hfSide) close() error {
-	h.in.Close()
-	if err := h.cmd.Wait(); err != nil {
-		return fmt.Errorf("transformers side: %w", err)
+func (p *peerProcess) close() error {
+	p.in.Close()
+	if err := p.cmd.Wait(); err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
 	}
 	return nil
 }

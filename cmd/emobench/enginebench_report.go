@@ -41,6 +41,9 @@ func describeEngineBench(w *engineWorkload, p model.Prompt, tok tokenizer.Tokeni
 	if o.withHF {
 		fmt.Printf("transformers: GlmForCausalLM (a copy of the weights in its layout), %s attention, PyTorch eager\n", o.attention)
 	}
+	if o.withCCPP {
+		fmt.Printf("chatglm.cpp: 0.4.2 built for this CPU, the weights converted to its GGML file in %s; no batching\n", strings.Join(o.ccppTypes, ", "))
+	}
 }
 
 // blockMACs is the multiply-accumulates of one token through one layer's
@@ -143,14 +146,15 @@ type enginePass struct {
 }
 
 // printEngineReport prints the medians, the best configuration of each
-// side per dtype, their ratios and, last, engine_vs_hf_eager.
-func printEngineReport(o engineOptions, w *engineWorkload, labelBlock int, passes map[engineConfig][]enginePass, agreement map[tensor.DType]string) {
+// side per dtype and their ratios, and returns engine_vs_hf_eager (printed
+// last, by printEngineVsHF).
+func printEngineReport(o engineOptions, w *engineWorkload, labelBlock int, passes map[engineConfig][]enginePass, agreement map[tensor.DType]string) float64 {
 	var configs []engineConfig
 	for c := range passes {
 		configs = append(configs, c)
 	}
 	slices.SortFunc(configs, func(a, b engineConfig) int {
-		return strings.Compare(fmt.Sprint(a.dtype, a.side, a.strategy, 1000+a.batch), fmt.Sprint(b.dtype, b.side, b.strategy, 1000+b.batch))
+		return strings.Compare(configSortKey(a), configSortKey(b))
 	})
 	rate := func(c engineConfig, round int) float64 { return passes[c][round].rate }
 	medianOf := func(c engineConfig, f func(enginePass) float64) float64 {
@@ -219,8 +223,59 @@ func printEngineReport(o engineOptions, w *engineWorkload, labelBlock int, passe
 		ratio = math.Min(ratio, perRound)
 	}
 	fmt.Printf("\nrecommended compute dtype on this CPU: %s (the engine's fastest)\n", fastest)
-	if o.withHF {
-		fmt.Println("engine_vs_hf_eager: the smaller over the dtypes of the median of each round's best against best")
-		fmt.Printf("engine_vs_hf_eager=%.2f\n", ratio)
+	return ratio
+}
+
+// configSortKey orders the report: by dtype, side, strategy and batch
+// size, chatglm.cpp last in the order of its weight types.
+func configSortKey(c engineConfig) string {
+	if c.side == ccppSideName {
+		return fmt.Sprint("~", 100+slices.Index(chatglmCppTypes, c.weightType))
 	}
+	return fmt.Sprint(c.dtype, c.side, c.strategy, 1000+c.batch)
+}
+
+// printEngineVsHF prints the line other tooling reads; it stays last.
+func printEngineVsHF(ratio float64) {
+	fmt.Println("engine_vs_hf_eager: the smaller over the dtypes of the median of each round's best against best")
+	fmt.Printf("engine_vs_hf_eager=%.2f\n", ratio)
+}
+
+// engineBestRate is the engine's best median rate over every dtype and
+// batch size.
+func engineBestRate(passes map[engineConfig][]enginePass) float64 {
+	best := 0.0
+	for c, ps := range passes {
+		if c.side != "engine" {
+			continue
+		}
+		var rates []float64
+		for _, p := range ps {
+			rates = append(rates, p.rate)
+		}
+		best = math.Max(best, median(rates))
+	}
+	return best
+}
+
+// printChatGLMCppReport prints chatglm.cpp's weight types against the
+// engine's best and, last, engine_vs_chatglm_cpp.
+func printChatGLMCppReport(o engineOptions, b *engineBench) {
+	s := summarizeChatGLMCpp(o.ccppTypes, b.passes, engineBestRate(b.passes))
+	threads := fmt.Sprintf("%d threads (its own choice)", b.ccpp.threads)
+	if b.ccpp.threads != o.threads {
+		threads += fmt.Sprintf(", NOT the %d of the other sides", o.threads)
+	}
+	fmt.Printf("\nchatglm.cpp 0.4.2, one message at a time (no batching), %s, ggml built for %s; exact label log-probabilities from its own forward pass:\n",
+		threads, strings.Join(b.ccpp.simd, " "))
+	for _, t := range o.ccppTypes {
+		agree := b.ccppAgreement[t]
+		if agree == "" {
+			agree = "not compared (the engine did not run float32)"
+		}
+		fmt.Printf("  %-5s %7.1f msgs/s, %6.1f CPU ms per message; against the engine's float32: %s\n", t, s.rates[t], s.cpuMS[t], agree)
+	}
+	fmt.Printf("engine_vs_chatglm_cpp: the engine's best median msgs/s (%.1f) over chatglm.cpp's fastest weight type's, %s (%.1f)\n",
+		engineBestRate(b.passes), s.fastest, s.rates[s.fastest])
+	fmt.Printf("engine_vs_chatglm_cpp=%.2f\n", s.ratio)
 }
