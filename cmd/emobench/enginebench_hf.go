@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+
+	"github.com/emoflow/emoflow/internal/tensor"
 )
 
 // peerProcess is a running benchmark peer (tools/reference/bench_hf.py or
@@ -59,6 +61,11 @@ func (h *hfSide) run(req hfRequest) (hfAnswer, error) {
 // startPeer starts cmd with its stderr on ours.
 func startPeer(name string, cmd *exec.Cmd) (*peerProcess, error) {
 	cmd.Stderr = os.Stderr
+	if tensor.HostMemory() == "kept" {
+		// The peer's C heap configured as the engine's (package tensor):
+		// torch's allocator is malloc too, and gains from it as much.
+		cmd.Env = append(os.Environ(), "GLIBC_TUNABLES="+tensor.HostMemoryTunables)
+	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)

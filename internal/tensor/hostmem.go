@@ -32,6 +32,11 @@ import "C"
 
 import "fmt"
 
+// HostMemoryTunables are the same settings as glibc tunables, for processes
+// that do not link this package (the benchmarks' Python peers get them so
+// that both sides of a comparison run on the same heap).
+const HostMemoryTunables = "glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=2147483647:glibc.malloc.mmap_max=0"
+
 // HostMemory says how the C heap of this process is configured ("kept" or
 // "released (why)"); see the package comment's "Host memory" section.
 func HostMemory() string {
