@@ -42,6 +42,7 @@ type pipelineBenchConfig struct {
 	clickhouseAddr string
 	rounds         int
 	missMessages   int
+	missSeconds    float64
 	cachedMessages int
 	partitions     int
 	producers      int
@@ -59,7 +60,8 @@ func (c *pipelineBenchConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.redisAddr, "redis-addr", "127.0.0.1:16379", "Redis address")
 	fs.StringVar(&c.clickhouseAddr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol address")
 	fs.IntVar(&c.rounds, "rounds", 3, "rounds (each: classifier alone, all-miss pass, cached pass); the last line gives medians")
-	fs.IntVar(&c.missMessages, "miss-messages", 1500, "messages of the all-miss pass, each with a text of its own (new texts every round)")
+	fs.IntVar(&c.missMessages, "miss-messages", 1500, "fewest messages of the all-miss pass, each with a text of its own (new texts every round)")
+	fs.Float64Var(&c.missSeconds, "miss-seconds", 15, "size the all-miss pass to this much of the classifier's work at its measured pace, when that is more than -miss-messages (0: -miss-messages exactly)")
 	fs.IntVar(&c.cachedMessages, "cached-messages", 200000, "messages of the cached pass (texts of the round's miss pass)")
 	fs.IntVar(&c.partitions, "partitions", 8, "partitions of the topics")
 	fs.IntVar(&c.producers, "producers", 4, "goroutines producing the chat messages")
@@ -125,14 +127,16 @@ func runPipelineBench(ctx context.Context, log *slog.Logger, args []string) (err
 	if err != nil {
 		return err
 	}
-	texts, err := benchTexts(cfg.dataDir, true)
+	texts, err := pipelineTexts(cfg.dataDir)
 	if err != nil {
 		return err
 	}
-	if need := cfg.rounds*cfg.missMessages + 1; need > len(texts) {
-		return fmt.Errorf("%d rounds of %d new texts need %d distinct texts; the data sets have %d", cfg.rounds, cfg.missMessages, need, len(texts))
-	}
 	mrand.New(mrand.NewPCG(cfg.seed, 0)).Shuffle(len(texts), func(i, j int) { texts[i], texts[j] = texts[j], texts[i] })
+	// The last texts calibrate, the probe takes the one before them, and
+	// the rounds take theirs from the start.
+	calibration := texts[len(texts)-calibrationTexts:]
+	probe := texts[len(texts)-calibrationTexts-1]
+	texts = texts[:len(texts)-calibrationTexts-1]
 
 	var suffix [4]byte
 	_, _ = rand.Read(suffix[:])
@@ -144,13 +148,29 @@ func runPipelineBench(ctx context.Context, log *slog.Logger, args []string) (err
 	}
 	fmt.Printf("pipeline in this process: classifier, ingest and sink; Kafka %s, Redis %s, ClickHouse %s; topics %s_*, %d partitions\n",
 		cfg.brokers, cfg.redisAddr, cfg.clickhouseAddr, name, cfg.partitions)
-	fmt.Printf("per round: %d new texts (all misses), then %d messages with those texts (all cached)\n", cfg.missMessages, cfg.cachedMessages)
 
 	// One message through the whole pipeline: the consumer groups have
 	// joined and the model is warm before anything is timed.
-	if _, err := b.pass(ctx, "probe", []string{texts[len(texts)-1]}, false); err != nil {
+	if _, err := b.pass(ctx, "probe", []string{probe}, false); err != nil {
 		return fmt.Errorf("probe message: %w", err)
 	}
+	// The all-miss pass ends with the sink's flush interval and the last
+	// ClickHouse insert, a second or so whatever the pass's size: sized to
+	// the classifier's pace, that tail weighs the same with a fast model as
+	// with a slow one.
+	missMessages := cfg.missMessages
+	if cfg.missSeconds > 0 {
+		pace, err := b.classifierAlone(ctx, calibration)
+		if err != nil {
+			return fmt.Errorf("calibration: %w", err)
+		}
+		missMessages = max(missMessages, int(pace*cfg.missSeconds))
+		fmt.Printf("calibration: the classifier alone computes %.1f texts/s; all-miss passes of %.0f s of that work\n", pace, cfg.missSeconds)
+	}
+	if need := cfg.rounds * missMessages; need > len(texts) {
+		return fmt.Errorf("%d rounds of %d new texts need %d distinct texts; the data sets have %d", cfg.rounds, missMessages, need, len(texts))
+	}
+	fmt.Printf("per round: %d new texts (all misses), then %d messages with those texts (all cached)\n", missMessages, cfg.cachedMessages)
 	var profile *os.File
 	if cfg.cpuProfile != "" {
 		if profile, err = os.Create(cfg.cpuProfile); err != nil {
@@ -161,7 +181,7 @@ func runPipelineBench(ctx context.Context, log *slog.Logger, args []string) (err
 
 	var rounds []pipelineRound
 	for r := 0; r < cfg.rounds; r++ {
-		roundTexts := texts[r*cfg.missMessages : (r+1)*cfg.missMessages]
+		roundTexts := texts[r*missMessages : (r+1)*missMessages]
 		var round pipelineRound
 		log.Info("classifier alone", "round", r+1, "texts", len(roundTexts))
 		if round.classifierAlone, err = b.classifierAlone(ctx, roundTexts); err != nil {

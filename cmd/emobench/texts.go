@@ -9,6 +9,7 @@ import (
 
 	"github.com/emoflow/emoflow/internal/benchmodel"
 	"github.com/emoflow/emoflow/internal/contract"
+	"github.com/emoflow/emoflow/internal/datasets"
 	"github.com/emoflow/emoflow/internal/tokenizer"
 )
 
@@ -97,4 +98,33 @@ func parseInts(s string) ([]int, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// calibrationTexts is how many texts the pipeline benchmark's calibration
+// of the classifier's pace takes.
+const calibrationTexts = 1000
+
+// pipelineTexts is the pipeline benchmark's pool of distinct texts: the
+// benchmark texts, then GoEmotions' training texts, so that all-miss passes
+// sized to a fast classifier still get texts of their own.
+func pipelineTexts(dataDir string) ([]string, error) {
+	texts, err := benchTexts(dataDir, true)
+	if err != nil {
+		return nil, err
+	}
+	train, err := datasets.Read(dataDir, datasets.GoEmotionsEkman, "train")
+	if err != nil {
+		return nil, fmt.Errorf("benchmark texts: %w", err)
+	}
+	seen := make(map[string]bool, len(texts)+len(train))
+	for _, t := range texts {
+		seen[t] = true
+	}
+	for _, e := range train {
+		if t := contract.NormalizeText(e.Text); t != "" && !seen[t] {
+			seen[t] = true
+			texts = append(texts, t)
+		}
+	}
+	return texts, nil
 }

@@ -30,6 +30,18 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ]; then
 	exit 0
 fi
 
+missing=()
+for tool in cmake c++ cc make; do
+	command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+	log "installing cmake g++ make (missing: ${missing[*]})"
+	sudo=()
+	[ "$(id -u)" = 0 ] || sudo=(sudo)
+	"${sudo[@]}" apt-get update -qq &&
+		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cmake g++ make >/dev/null ||
+		{ log "could not install cmake g++ make"; exit 1; }
+fi
 for tool in cmake c++ cc make; do
 	command -v "$tool" >/dev/null || { log "needs $tool (Debian: apt-get install cmake g++ make)"; exit 1; }
 done
