@@ -194,6 +194,14 @@ func runEngineBench(ctx context.Context, args []string) error {
 		return err
 	}
 	b.hfRatio = printEngineReport(o, w, b.labelBlock, b.passes, b.agreement)
+	if b.engineF32 != nil && b.engineBF16 != nil {
+		// bfloat16's precision, against the engine's own float32.
+		a, err := compareLogProbs(tensor.BFloat16, b.engineBF16, b.engineF32)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("engine bfloat16 against the engine's float32: %s\n", a)
+	}
 	if o.withCCPP {
 		printChatGLMCppReport(o, b)
 	}
@@ -220,6 +228,7 @@ type engineBench struct {
 	agreement     map[tensor.DType]string
 	ccppAgreement map[string]string // per chatglm.cpp weight type
 	engineF32     [][]float64       // the engine's float32 log-probabilities (first pass)
+	engineBF16    [][]float64       // and its bfloat16 ones
 	hfRatio       float64           // engine_vs_hf_eager
 }
 
@@ -307,6 +316,9 @@ func (b *engineBench) measure(ctx context.Context) error {
 					enginePass{rate: n / elapsed.Seconds(), cpuMS: 1000 * cpu.Seconds() / n})
 				if rep == 0 && bi == 0 && dt == tensor.Float32 {
 					b.engineF32 = engineLP
+				}
+				if rep == 0 && bi == 0 && dt == tensor.BFloat16 {
+					b.engineBF16 = engineLP
 				}
 				if b.hf == nil {
 					continue
