@@ -76,6 +76,8 @@ func (c *pipelineBenchConfig) register(fs *flag.FlagSet) {
 // pipelineRound is one round's figures.
 type pipelineRound struct {
 	classifierAlone float64 // texts per second
+	aloneBatches    int     // the classifier's batches then
+	alonePadding    float64 // and their mean padding ratio
 	miss, cached    passResult
 }
 
@@ -94,6 +96,8 @@ type passResult struct {
 	// retries (the batch starts over).
 	computed, classifierRejected, classifierLate, classifyFailures int
 	computing                                                      time.Duration // the classifier's batches
+	batches                                                        int           // how many
+	padding                                                        float64       // their mean padding ratio
 	lost, dups                                                     int
 	cacheHits                                                      int
 }
@@ -184,8 +188,19 @@ func runPipelineBench(ctx context.Context, log *slog.Logger, args []string) (err
 		roundTexts := texts[r*missMessages : (r+1)*missMessages]
 		var round pipelineRound
 		log.Info("classifier alone", "round", r+1, "texts", len(roundTexts))
+		clsBefore, err := b.cls.snapshot()
+		if err != nil {
+			return err
+		}
 		if round.classifierAlone, err = b.classifierAlone(ctx, roundTexts); err != nil {
 			return err
+		}
+		clsAfter, err := b.cls.snapshot()
+		if err != nil {
+			return err
+		}
+		if round.aloneBatches = int(delta(clsBefore, clsAfter, "emoflow_classifier_batch_rows_count")); round.aloneBatches > 0 {
+			round.alonePadding = delta(clsBefore, clsAfter, "emoflow_classifier_batch_padding_ratio_sum") / float64(round.aloneBatches)
 		}
 		log.Info("all-miss pass", "round", r+1, "messages", len(roundTexts))
 		if round.miss, err = b.pass(ctx, fmt.Sprintf("r%d-miss", r), roundTexts, false); err != nil {
@@ -373,6 +388,10 @@ func (b *pipelineBench) pass(ctx context.Context, tag string, texts []string, wa
 	}
 	res.computed = int(delta(clsBefore, clsAfter, "emoflow_classifier_batch_rows_sum"))
 	res.computing = time.Duration(delta(clsBefore, clsAfter, "emoflow_classifier_batch_compute_seconds_sum") * float64(time.Second))
+	res.batches = int(delta(clsBefore, clsAfter, "emoflow_classifier_batch_rows_count"))
+	if res.batches > 0 {
+		res.padding = delta(clsBefore, clsAfter, "emoflow_classifier_batch_padding_ratio_sum") / float64(res.batches)
+	}
 	res.classifyFailures = int(delta(ingBefore, ingAfter, "emoflow_ingest_classify_failures_total"))
 	res.classifierRejected = int(delta(clsBefore, clsAfter, "emoflow_classifier_requests_total", "outcome=overloaded"))
 	res.classifierLate = int(delta(clsBefore, clsAfter, "emoflow_classifier_requests_total") -
@@ -482,16 +501,16 @@ func (b *pipelineBench) cleanUp() error {
 
 func printPipelineRound(r int, p pipelineRound) {
 	fmt.Printf("round %d\n", r+1)
-	fmt.Printf("  classifier alone: %.1f texts/s\n", p.classifierAlone)
+	fmt.Printf("  classifier alone: %.1f texts/s (%d batches, %.1f%% padding)\n", p.classifierAlone, p.aloneBatches, 100*p.alonePadding)
 	for _, x := range []struct {
 		name string
 		res  passResult
 	}{{"all misses", p.miss}, {"all cached", p.cached}} {
 		fmt.Printf("  %s: %d messages in %.2f s = %.0f msgs/s; lost %d, duplicated %d, cache hits %d\n",
 			x.name, x.res.messages, x.res.elapsed.Seconds(), x.res.rate(), x.res.lost, x.res.dups, x.res.cacheHits)
-		fmt.Printf("    producing done at %.2f s, ingest's last event at %.2f s; sink: %d inserts, %.2f s inserting; classifier: %d texts computed in %.2f s, %d requests refused (429), %d failed later (504, caller gone); ingest: %d classify calls failed\n",
+		fmt.Printf("    producing done at %.2f s, ingest's last event at %.2f s; sink: %d inserts, %.2f s inserting; classifier: %d texts computed in %.2f s (%d batches, %.1f%% padding), %d requests refused (429), %d failed later (504, caller gone); ingest: %d classify calls failed\n",
 			x.res.produced.Seconds(), x.res.ingested.Seconds(), x.res.inserts, x.res.inserting.Seconds(), x.res.computed, x.res.computing.Seconds(),
-			x.res.classifierRejected, x.res.classifierLate, x.res.classifyFailures)
+			x.res.batches, 100*x.res.padding, x.res.classifierRejected, x.res.classifierLate, x.res.classifyFailures)
 	}
 	fmt.Printf("  all misses / classifier alone: %.3f\n", p.miss.rate()/p.classifierAlone)
 }
