@@ -71,7 +71,7 @@ func newPipeline(t *testing.T) *pipeline {
 	if err := randmodel.Write(dir, spec); err != nil {
 		t.Fatal(err)
 	}
-	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-model-dir="+dir, "-max-queue-delay=5ms")
+	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-dtype=float32", "-model-dir="+dir, "-max-queue-delay=5ms")
 	p.classifierURL = "http://" + cls.RT.Addr
 	testenv.Start(t, "sink", &sink.Component{}, "-kafka-brokers="+p.brokers, "-events-topic="+p.events,
 		"-dead-letter-topic="+p.events+"_dlq", "-group-id="+p.name+"_sink", "-clickhouse-addr="+chAddr,

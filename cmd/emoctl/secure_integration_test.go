@@ -58,7 +58,7 @@ func TestSecuredEmoctlClients(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-model-dir="+dir, "-max-queue-delay=5ms",
+	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-dtype=float32", "-model-dir="+dir, "-max-queue-delay=5ms",
 		"-tls-cert-file="+s.ServerCertFile, "-tls-key-file="+s.ServerKeyFile, "-tokens-file="+tokensFile)
 	classifierURL := "https://" + cls.RT.Addr
 	classifierFlags := []string{"-classifier-urls", classifierURL, "-classifier-tls-ca-file", s.CAFile, "-classifier-token-file", tokenFile}

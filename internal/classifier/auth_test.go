@@ -39,7 +39,7 @@ func TestAPIOverTLSWithClientAndAdminTokens(t *testing.T) {
 	adminFile := filepath.Join(dir, "admin-token")
 	writeFile(t, adminFile, adminToken+"\n")
 
-	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir, "-tls-cert-file="+cert, "-tls-key-file="+key,
+	c := testenv.Start(t, "classifier", &Component{}, "-dtype=float32", "-model-dir="+modelDir, "-tls-cert-file="+cert, "-tls-key-file="+key,
 		"-tokens-file="+tokensFile, "-admin-token-file="+adminFile)
 	if !c.RT.TLS {
 		t.Fatal("the runtime does not report TLS")

@@ -122,7 +122,7 @@ func classify(t *testing.T, base string, req classifyapi.ClassifyRequest) (int, 
 
 func TestBadRequestsGetClearErrors(t *testing.T) {
 	modelDir, adaptersDir := setup(t)
-	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir, "-adapters-dir="+adaptersDir,
+	c := testenv.Start(t, "classifier", &Component{}, "-dtype=float32", "-model-dir="+modelDir, "-adapters-dir="+adaptersDir,
 		"-max-texts=4", "-max-text-bytes=100")
 	base := "http://" + c.RT.Addr
 	for _, tc := range []struct {
@@ -165,7 +165,11 @@ func TestBadRequestsGetClearErrors(t *testing.T) {
 // then a shutdown with requests in flight loses none of them.
 func TestConcurrentClientsAdaptersAndDrain(t *testing.T) {
 	modelDir, adaptersDir := setup(t)
-	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir, "-adapters-dir="+adaptersDir, "-max-queue-delay=3ms", "-max-batch-rows=8")
+	// float32, as in every test that compares numbers: a text's scores must
+	// not depend on the batch it shares, to 1e-5. In bfloat16 (-dtype
+	// auto's choice on CPUs with AMX) oneDNN's blocking varies with the
+	// batch's shape, so they agree only to bfloat16 rounding.
+	c := testenv.Start(t, "classifier", &Component{}, "-dtype=float32", "-model-dir="+modelDir, "-adapters-dir="+adaptersDir, "-max-queue-delay=3ms", "-max-batch-rows=8")
 	base := "http://" + c.RT.Addr
 
 	var list classifyapi.AdaptersResponse
@@ -292,7 +296,7 @@ func queued(c *testenv.Running) float64 {
 func TestAdminLoadsUnloadsAndSetsDefault(t *testing.T) {
 	modelDir, adaptersDir := setup(t)
 	// Start without watching, then load through the admin API.
-	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir)
+	c := testenv.Start(t, "classifier", &Component{}, "-dtype=float32", "-model-dir="+modelDir)
 	base := "http://" + c.RT.Addr
 	code, raw := post(t, base+"/v1/admin/adapters", map[string]string{"path": filepath.Join(adaptersDir, "lora")})
 	if code != http.StatusCreated {
@@ -355,7 +359,7 @@ func TestAdminLoadsUnloadsAndSetsDefault(t *testing.T) {
 // at the deadline with 504; requests with time to spare still succeed.
 func TestRefusesWhatCannotMakeItsDeadline(t *testing.T) {
 	modelDir, adaptersDir := setup(t)
-	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir, "-adapters-dir="+adaptersDir, "-max-batch-rows=4")
+	c := testenv.Start(t, "classifier", &Component{}, "-dtype=float32", "-model-dir="+modelDir, "-adapters-dir="+adaptersDir, "-max-batch-rows=4")
 	base := "http://" + c.RT.Addr
 	texts := make([]string, 64)
 	for i := range texts {
@@ -391,7 +395,7 @@ func TestContextInThePrompt(t *testing.T) {
 	if err := adapters.WriteManifest(ctxDir, man); err != nil {
 		t.Fatal(err)
 	}
-	c := testenv.Start(t, "classifier", &Component{}, "-model-dir="+modelDir, "-adapters-dir="+adaptersDir,
+	c := testenv.Start(t, "classifier", &Component{}, "-dtype=float32", "-model-dir="+modelDir, "-adapters-dir="+adaptersDir,
 		"-max-texts=4", "-max-text-bytes=100")
 	base := "http://" + c.RT.Addr
 	three := []classifyapi.Turn{{Role: "customer", Text: "this is broken again"}, {Role: "agent", Text: "sorry about that"}, {Role: "customer", Text: "i am so angry"}}

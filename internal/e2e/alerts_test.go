@@ -71,7 +71,7 @@ func TestAlertsEndToEnd(t *testing.T) {
 
 	name := testenv.Name(t, "e2ealerts")
 	in, events := name+"_in", name+"_events"
-	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-model-dir="+dir, "-max-queue-delay=5ms")
+	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-dtype=float32", "-model-dir="+dir, "-max-queue-delay=5ms")
 	snk := testenv.Start(t, "sink", &sink.Component{}, "-kafka-brokers="+brokers, "-events-topic="+events,
 		"-dead-letter-topic="+events+"_dlq", "-group-id="+name+"_sink", "-clickhouse-addr="+chAddr,
 		"-clickhouse-database="+name, "-flush-interval=200ms")

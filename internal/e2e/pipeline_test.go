@@ -64,7 +64,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 
 	name := testenv.Name(t, "e2e")
 	in, events, dlq := name+"_in", name+"_events", name+"_dlq"
-	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-model-dir="+dir, "-max-queue-delay=5ms")
+	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-dtype=float32", "-model-dir="+dir, "-max-queue-delay=5ms")
 	classifierURL := "http://" + cls.RT.Addr
 	snk := testenv.Start(t, "sink", &sink.Component{}, "-kafka-brokers="+brokers, "-events-topic="+events,
 		"-dead-letter-topic="+events+"_dlq", "-group-id="+name+"_sink", "-clickhouse-addr="+chAddr,

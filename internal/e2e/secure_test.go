@@ -61,7 +61,7 @@ func TestSecuredPipeline(t *testing.T) {
 
 	name := testenv.Name(t, "sec")
 	in, events, dlq := name+"_in", name+"_events", name+"_dlq"
-	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-model-dir="+dir, "-max-queue-delay=5ms",
+	cls := testenv.Start(t, "classifier", &classifier.Component{}, "-dtype=float32", "-model-dir="+dir, "-max-queue-delay=5ms",
 		"-tls-cert-file="+s.ServerCertFile, "-tls-key-file="+s.ServerKeyFile, "-tokens-file="+tokensFile, "-admin-token-file="+adminFile)
 	kafkaSCRAM := []string{"-kafka-brokers=" + s.KafkaBrokers, "-kafka-tls-ca-file=" + s.CAFile, "-kafka-sasl-mechanism=scram-sha-512",
 		"-kafka-sasl-username=" + s.ScramUser, "-kafka-sasl-password-file=" + s.ScramPasswordFile}
