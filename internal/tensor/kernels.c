@@ -456,6 +456,23 @@ int ef_attention(int simd, const ef_attention_args *a, int64_t t0, int64_t t1) {
 	return ef_attention_tasks(a, t0, t1, simd);
 }
 
+// ef_key_at finds key j of task (b, g) — the past's first, then the rows'
+// own — and its value: their tensors and element offsets.
+static inline void ef_key_at(const ef_attention_args *a, int64_t b, int64_t g, int64_t j, const void **kr, int64_t *ko,
+                             const void **vr, int64_t *vo) {
+	if (j < a->P) {
+		int64_t pb = a->past_shared ? 0 : b;
+		*kr = a->pk, *vr = a->pv;
+		*ko = pb * a->pks[0] + g * a->pks[1] + j * a->pks[2];
+		*vo = pb * a->pvs[0] + g * a->pvs[1] + j * a->pvs[2];
+		return;
+	}
+	int64_t l = j - a->P;
+	*kr = a->k, *vr = a->v;
+	*ko = b * a->ks[0] + g * a->ks[1] + l * a->ks[2];
+	*vo = b * a->vs[0] + g * a->vs[1] + l * a->vs[2];
+}
+
 // ef_keys fills kt [hd][T] (transposed, scaled, rounded) and vv [T][hd] for
 // task (b, g).
 static void ef_keys(const ef_attention_args *a, int64_t b, int64_t g, int64_t T, float *kt, float *vv) {
@@ -464,17 +481,7 @@ static void ef_keys(const ef_attention_args *a, int64_t b, int64_t g, int64_t T,
 	for (int64_t j = 0; j < a->P + a->L; j++) {
 		const void *kr, *vr;
 		int64_t ko, vo;
-		if (j < a->P) {
-			int64_t pb = a->past_shared ? 0 : b;
-			kr = a->pk, vr = a->pv;
-			ko = pb * a->pks[0] + g * a->pks[1] + j * a->pks[2];
-			vo = pb * a->pvs[0] + g * a->pvs[1] + j * a->pvs[2];
-		} else {
-			int64_t l = j - a->P;
-			kr = a->k, vr = a->v;
-			ko = b * a->ks[0] + g * a->ks[1] + l * a->ks[2];
-			vo = b * a->vs[0] + g * a->vs[1] + l * a->vs[2];
-		}
+		ef_key_at(a, b, g, j, &kr, &ko, &vr, &vo);
 		for (int64_t d = 0; d < a->hd; d++) {
 			kt[d * T + j] = ef_round(ef_load(kr, dtype, ko + d) * sq, dtype);
 			vv[j * a->hd + d] = ef_load(vr, dtype, vo + d);
@@ -574,17 +581,7 @@ EF_AVX512 static void ef_keys_avx512(const ef_attention_args *a, int64_t b, int6
 	for (int64_t j = 0; j < a->P + a->L; j++) {
 		const void *kr, *vr;
 		int64_t ko, vo;
-		if (j < a->P) {
-			int64_t pb = a->past_shared ? 0 : b;
-			kr = a->pk, vr = a->pv;
-			ko = pb * a->pks[0] + g * a->pks[1] + j * a->pks[2];
-			vo = pb * a->pvs[0] + g * a->pvs[1] + j * a->pvs[2];
-		} else {
-			int64_t l = j - a->P;
-			kr = a->k, vr = a->v;
-			ko = b * a->ks[0] + g * a->ks[1] + l * a->ks[2];
-			vo = b * a->vs[0] + g * a->vs[1] + l * a->vs[2];
-		}
+		ef_key_at(a, b, g, j, &kr, &ko, &vr, &vo);
 		for (int64_t d = 0; d < a->hd; d += 16) {
 			__mmask16 m = ef_tail(a->hd - d);
 			__m512 k = ef_v_round(_mm512_mul_ps(ef_v_load(kr, dtype, ko + d, m), sq), dtype);
