@@ -43,22 +43,14 @@ func (k kernels) simd() C.int {
 	return 0
 }
 
-// fusable reports whether the C kernels can read and write ts: CPU,
-// contiguous, float32 or bfloat16 alike, no gradient to record. In a
-// training scope they never run, even on tensors without gradients: their
-// sums are not libtorch's to the last bit, and a training step's reference
-// (torch + PEFT) is matched to within rounding of Adam's first update,
-// which turns any difference in a near-zero gradient into a full step.
+// fusable reports whether the C kernels can read and write ts as flat
+// arrays: sameKind, and contiguous.
 func (s *Scope) fusable(ts ...*Tensor) bool {
-	if s.grad {
-		return false
-	}
-	dtype := ts[0].DType()
-	if dtype != Float32 && dtype != BFloat16 {
+	if !s.sameKind(ts...) {
 		return false
 	}
 	for _, t := range ts {
-		if t.DType() != dtype || deviceIndex(t) != -1 || !lib.AtIsContiguous(t.c) || t.RequiresGrad() {
+		if !lib.AtIsContiguous(t.c) {
 			return false
 		}
 	}
@@ -376,13 +368,23 @@ func strides(t *Tensor) []int64 {
 	return st
 }
 
-// sameKind reports whether ts have one dtype (float32 or bfloat16), are on
-// the CPU and need no gradient: what the kernels need of views they read
-// through strides.
+// sameKind reports whether the C kernels may compute on ts (views they
+// read through strides included): one dtype, float32 or bfloat16, on the
+// CPU, no gradient to record. In a training scope they never run, even on
+// tensors without gradients: their sums are not libtorch's to the last
+// bit, and a training step's reference (torch + PEFT) is matched to within
+// rounding of Adam's first update, which turns any difference in a
+// near-zero gradient into a full step.
 func (s *Scope) sameKind(ts ...*Tensor) bool {
+	if s.grad {
+		return false
+	}
 	dtype := ts[0].DType()
+	if dtype != Float32 && dtype != BFloat16 {
+		return false
+	}
 	for _, t := range ts {
-		if s.grad || t.DType() != dtype || (dtype != Float32 && dtype != BFloat16) || deviceIndex(t) != -1 || t.RequiresGrad() {
+		if t.DType() != dtype || deviceIndex(t) != -1 || t.RequiresGrad() {
 			return false
 		}
 	}
