@@ -6,13 +6,10 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
-
-// Partial sums per lane: a float reduction vectorises only when written
-// with independent accumulators (the compiler may not reassociate).
-#define EF_LANES 16
 
 static inline float ef_bf16_to_f32(uint16_t b) {
 	uint32_t u = (uint32_t)b << 16;
@@ -75,32 +72,8 @@ static inline float ef_exp(float x) {
 }
 
 static float ef_row_max(const void *x, int dtype, int64_t n) {
-	float acc[EF_LANES];
-	for (int j = 0; j < EF_LANES; j++) {
-		acc[j] = -INFINITY;
-	}
-	int64_t i = 0;
-	if (dtype == EF_BF16) {
-		const uint16_t *b = x;
-		for (; i + EF_LANES <= n; i += EF_LANES) {
-			for (int j = 0; j < EF_LANES; j++) {
-				float v = ef_bf16_to_f32(b[i + j]);
-				acc[j] = v > acc[j] ? v : acc[j];
-			}
-		}
-	} else {
-		const float *f = x;
-		for (; i + EF_LANES <= n; i += EF_LANES) {
-			for (int j = 0; j < EF_LANES; j++) {
-				acc[j] = f[i + j] > acc[j] ? f[i + j] : acc[j];
-			}
-		}
-	}
 	float m = -INFINITY;
-	for (int j = 0; j < EF_LANES; j++) {
-		m = acc[j] > m ? acc[j] : m;
-	}
-	for (; i < n; i++) {
+	for (int64_t i = 0; i < n; i++) {
 		float v = ef_load(x, dtype, i);
 		m = v > m ? v : m;
 	}
@@ -108,28 +81,8 @@ static float ef_row_max(const void *x, int dtype, int64_t n) {
 }
 
 static float ef_row_sum_exp(const void *x, int dtype, int64_t n, float max) {
-	float acc[EF_LANES] = {0};
-	int64_t i = 0;
-	if (dtype == EF_BF16) {
-		const uint16_t *b = x;
-		for (; i + EF_LANES <= n; i += EF_LANES) {
-			for (int j = 0; j < EF_LANES; j++) {
-				acc[j] += ef_exp(ef_bf16_to_f32(b[i + j]) - max);
-			}
-		}
-	} else {
-		const float *f = x;
-		for (; i + EF_LANES <= n; i += EF_LANES) {
-			for (int j = 0; j < EF_LANES; j++) {
-				acc[j] += ef_exp(f[i + j] - max);
-			}
-		}
-	}
 	float s = 0;
-	for (int j = 0; j < EF_LANES; j++) {
-		s += acc[j];
-	}
-	for (; i < n; i++) {
+	for (int64_t i = 0; i < n; i++) {
 		s += ef_exp(ef_load(x, dtype, i) - max);
 	}
 	return s;
@@ -157,24 +110,13 @@ static void ef_rms_norm_scalar(const void *x, const void *weight, int dtype, int
 	for (int64_t r = r0; r < r1; r++) {
 		const void *row = (const char *)x + (size_t)r * (size_t)dim * esize;
 		void *orow = (char *)out + (size_t)r * (size_t)dim * esize;
-		float acc[EF_LANES] = {0};
-		int64_t i = 0;
-		for (; i + EF_LANES <= dim; i += EF_LANES) {
-			for (int j = 0; j < EF_LANES; j++) {
-				float v = ef_load(row, dtype, i + j);
-				acc[j] += v * v;
-			}
-		}
 		float ss = 0;
-		for (int j = 0; j < EF_LANES; j++) {
-			ss += acc[j];
-		}
-		for (; i < dim; i++) {
+		for (int64_t i = 0; i < dim; i++) {
 			float v = ef_load(row, dtype, i);
 			ss += v * v;
 		}
 		float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-		for (i = 0; i < dim; i++) {
+		for (int64_t i = 0; i < dim; i++) {
 			ef_store(orow, dtype, i, ef_load(weight, dtype, i) * (ef_load(row, dtype, i) * inv));
 		}
 	}
@@ -445,8 +387,6 @@ void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64
 // qs2), k and v [B, G, L, hd] by (ks*, vs*), the past keys and values
 // [R, G, P, hd] by (pks*, pvs*), with R = 1 (shared by every row) or B. visible is [B, L, P+L];
 // out is [B, L, H·hd]. The arguments (ef_attention_args) are in kernels.h.
-
-#include <stdlib.h>
 
 // ef_attention_tasks runs tasks [t0, t1); simd picks the AVX-512 loops. It
 // returns -1 when its scratch memory cannot be allocated.
