@@ -21,8 +21,17 @@ func benchTexts(dataDir string, distinct bool) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("benchmark texts: %w", err)
 	}
-	seen := map[string]bool{}
-	var out []string
+	out := appendNormalised(nil, map[string]bool{}, raw, distinct)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("benchmark texts: none in %s", dataDir)
+	}
+	return out, nil
+}
+
+// appendNormalised appends raw's texts, normalised as ingest does and
+// without the empty ones, to out; with distinct, only those not yet in
+// seen, which it records.
+func appendNormalised(out []string, seen map[string]bool, raw []string, distinct bool) []string {
 	for _, t := range raw {
 		t = contract.NormalizeText(t)
 		if t == "" || (distinct && seen[t]) {
@@ -31,10 +40,7 @@ func benchTexts(dataDir string, distinct bool) ([]string, error) {
 		seen[t] = true
 		out = append(out, t)
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("benchmark texts: none in %s", dataDir)
-	}
-	return out, nil
+	return out
 }
 
 // sample returns n texts drawn from texts without replacement (all of them,
@@ -120,11 +126,9 @@ func pipelineTexts(dataDir string) ([]string, error) {
 	for _, t := range texts {
 		seen[t] = true
 	}
-	for _, e := range train {
-		if t := contract.NormalizeText(e.Text); t != "" && !seen[t] {
-			seen[t] = true
-			texts = append(texts, t)
-		}
+	raw := make([]string, len(train))
+	for i, e := range train {
+		raw[i] = e.Text
 	}
-	return texts, nil
+	return appendNormalised(texts, seen, raw, true), nil
 }
