@@ -29,7 +29,7 @@ type engineOptions struct {
 	batches               []int
 	strategies            []string
 	messages, repeats     int
-	threads               int
+	threads, lanes        int
 	withHF                bool
 	withCCPP              bool     // chatglm.cpp as a third side
 	ccppDir, ccppScript   string   // its install/convert scripts, its peer process
@@ -51,6 +51,7 @@ func parseEngineOptions(args []string) (engineOptions, error) {
 	fs.IntVar(&o.messages, "messages", 256, "GoEmotions test messages to score (0: all)")
 	fs.IntVar(&o.repeats, "repeats", 3, "rounds: passes over the messages per configuration (medians are reported)")
 	fs.IntVar(&o.threads, "threads", runtime.NumCPU(), "intra-op threads of every side (chatglm.cpp picks its own; the report says how many)")
+	fs.IntVar(&o.lanes, "lanes", 0, "the engine's lanes: a batch's rows split into this many groups computed at once on their share of -threads (0: one per thread; 1: every operation split across the threads)")
 	fs.BoolVar(&o.withHF, "hf", true, "measure transformers too")
 	fs.BoolVar(&o.withCCPP, "chatglm-cpp", false, "measure chatglm.cpp 0.4.2 too (built into -python's environment on first use, several minutes)")
 	fs.StringVar(&o.ccppDir, "chatglm-cpp-dir", filepath.Join("tools", "reference", "chatglm_cpp"), "chatglm.cpp's install script, scoring module and model converter")
@@ -82,8 +83,11 @@ func parseEngineOptions(args []string) (engineOptions, error) {
 	if o.ccppTypes, err = parseChatGLMCppTypes(*ccppTypes); err != nil {
 		return o, err
 	}
-	if o.repeats <= 0 || o.threads <= 0 {
-		return o, fmt.Errorf("-repeats and -threads must be positive")
+	if o.repeats <= 0 || o.threads <= 0 || o.lanes < 0 {
+		return o, fmt.Errorf("-repeats and -threads must be positive, -lanes not negative")
+	}
+	if o.lanes == 0 {
+		o.lanes = o.threads
 	}
 	return o, nil
 }
@@ -236,7 +240,7 @@ type engineBench struct {
 // that libtorch's lazy initialisation stays out of the timing.
 func (b *engineBench) loadEngine(modelDir string, p model.Prompt) error {
 	for _, dt := range b.o.dtypes {
-		m, err := model.Load(modelDir, model.Options{DType: dt})
+		m, err := model.Load(modelDir, model.Options{DType: dt, Threads: b.o.threads, Lanes: b.o.lanes})
 		if err != nil {
 			return err
 		}

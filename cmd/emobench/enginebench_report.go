@@ -37,7 +37,11 @@ func describeEngineBench(w *engineWorkload, p model.Prompt, tok tokenizer.Tokeni
 		policy = "unset: idle workers spin a while"
 	}
 	fmt.Printf("threads: %d on each side (OMP_WAIT_POLICY %s); %d passes per configuration, medians reported\n", o.threads, policy, o.repeats)
-	fmt.Printf("engine: fused CPU kernels %s, C heap %s (the Python peers get the same glibc settings)\n", tensor.FusedKernels(), tensor.HostMemory())
+	lanes := "every operation split across the threads"
+	if l := min(o.lanes, o.threads); l > 1 {
+		lanes = fmt.Sprintf("a batch's rows split into %d lanes computed at once on %d thread(s) each", l, max(1, o.threads/l))
+	}
+	fmt.Printf("engine: %s; fused CPU kernels %s, C heap %s (the Python peers get the same glibc settings)\n", lanes, tensor.FusedKernels(), tensor.HostMemory())
 	if o.withHF {
 		fmt.Printf("transformers: GlmForCausalLM (a copy of the weights in its layout), %s attention, PyTorch eager\n", o.attention)
 	}

@@ -40,6 +40,7 @@ type Component struct {
 	DType          string
 	Threads        int
 	Workers        int
+	Lanes          int
 	MaxTexts       int
 	MaxTextBytes   int
 	MaxTextTokens  int
@@ -70,6 +71,7 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DType, "dtype", "auto", "compute dtype: auto (bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX, else float32), float32, bfloat16 or float16 (float16 on CUDA only)")
 	fs.IntVar(&c.Threads, "threads", 0, "libtorch intra-op threads (0: CPU cores / -workers)")
 	fs.IntVar(&c.Workers, "workers", 1, "batches computed at once (one per GPU; on CPU, thread groups)")
+	fs.IntVar(&c.Lanes, "lanes", 0, "on the CPU, a batch's rows are split into up to this many groups computed at once, each on its own share of the worker's threads (0: one group per thread; 1: every operation split across the threads instead)")
 	fs.IntVar(&c.MaxTexts, "max-texts", 64, "most texts in one /v1/classify request")
 	fs.IntVar(&c.MaxTextBytes, "max-text-bytes", 4096, "longest text accepted, in bytes")
 	fs.IntVar(&c.MaxTextTokens, "max-text-tokens", 256, "texts longer than this many tokens are truncated (and flagged)")
@@ -102,6 +104,8 @@ func (c *Component) validate() error {
 		return errors.New("-model-dir is required")
 	case c.Workers <= 0:
 		return errors.New("-workers must be positive")
+	case c.Lanes < 0:
+		return errors.New("-lanes must not be negative")
 	case c.MaxTexts <= 0 || c.MaxTextBytes <= 0 || c.MaxTextTokens <= 0:
 		return errors.New("-max-texts, -max-text-bytes and -max-text-tokens must be positive")
 	case c.BatchMinFill < 0 || c.BatchMinFill > 1 || c.BatchWindow < 0:
@@ -149,7 +153,11 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 
 	rt.SetNotReady("loading the model")
 	start := time.Now()
-	m, err := model.Load(c.ModelDir, model.Options{Device: dev, DType: dt, Logger: rt.Logger})
+	lanes := c.Lanes
+	if lanes == 0 {
+		lanes = threads
+	}
+	m, err := model.Load(c.ModelDir, model.Options{Device: dev, DType: dt, Threads: threads, Lanes: lanes, Logger: rt.Logger})
 	if err != nil {
 		return fmt.Errorf("load model: %w", err)
 	}
@@ -171,7 +179,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	defer reg.Close()
 	eng := &engine{model: m, reg: reg}
 	rt.Logger.Info("model loaded", "model", m.ID(), "arch", m.Config().Arch, "layers", m.Config().Layers,
-		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", dt.String(), "device", dev.String(), "threads", tensor.Threads(),
+		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", dt.String(), "device", dev.String(), "threads", threads, "lanes", lanes,
 		"tokenizer", tok.Family(), "template", tmpl.Name, "labels", tmpl.Labels, "took", time.Since(start).Round(time.Millisecond).String())
 	if c.AdaptersDir != "" {
 		reg.Sync(c.AdaptersDir)

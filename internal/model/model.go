@@ -27,7 +27,18 @@ type Options struct {
 	// layers in it while weights and the other operations stay in DType:
 	// PyTorch's autocast, for training float32 weights at bfloat16 speed.
 	Autocast tensor.DType
-	Logger   *slog.Logger
+	// Threads is how many libtorch intra-op threads one ScoreRows call
+	// computes on in all (0: tensor.Threads() when the model loads).
+	Threads int
+	// Lanes splits a CPU batch's rows into up to this many groups (at
+	// most Threads) that ScoreRows computes at once, each on its own OS
+	// thread with Threads / lanes intra-op threads (0 or 1: one group on
+	// Threads threads). On a few cores, whole small operations side by side
+	// keep the cores busier than each operation split across them, whose
+	// every step waits for its slowest thread; each group is also padded to
+	// its own longest row. Ignored on CUDA.
+	Lanes  int
+	Logger *slog.Logger
 }
 
 // Model is a loaded checkpoint. Its methods are safe for concurrent use:
@@ -74,6 +85,12 @@ func Load(dir string, opts Options) (*Model, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Threads <= 0 {
+		opts.Threads = tensor.Threads()
+	}
+	if opts.Lanes <= 0 || opts.Device.IsCUDA() {
+		opts.Lanes = 1
 	}
 	if opts.Device.IsCUDA() && tensor.CUDADevices() == 0 {
 		return nil, fmt.Errorf("model %s: device %s requested but libtorch sees no CUDA device (CPU build?)", dir, opts.Device)

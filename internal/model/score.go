@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/emoflow/emoflow/internal/tensor"
 )
@@ -269,12 +270,46 @@ func ScoreRows(rows []Row) ([]Result, error) {
 			return nil, fmt.Errorf("score: rows of different models in one batch")
 		}
 	}
+	lanes := min(m.opts.Lanes, m.opts.Threads, len(rows))
+	if lanes <= 1 {
+		return scoreLane(m, rows, m.opts.Threads)
+	}
+	// Contiguous groups of rows, the first on this goroutine.
+	results := make([]Result, len(rows))
+	errs := make([]error, lanes)
+	var wg sync.WaitGroup
+	for i := lanes - 1; i >= 0; i-- {
+		lo, hi := i*len(rows)/lanes, (i+1)*len(rows)/lanes
+		run := func() {
+			res, err := scoreLane(m, rows[lo:hi], max(1, m.opts.Threads/lanes))
+			copy(results[lo:hi], res)
+			errs[i] = err
+		}
+		if i == 0 {
+			run()
+		} else {
+			wg.Go(run)
+		}
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// scoreLane scores rows in one forward pass on the calling goroutine's
+// thread with threads intra-op threads.
+func scoreLane(m *Model, rows []Row, threads int) ([]Result, error) {
 	lay, err := newLayout(rows)
 	if err != nil {
 		return nil, err
 	}
 	s := tensor.NewScope()
 	defer s.Close()
+	if err := s.UseThreads(threads); err != nil {
+		return nil, err
+	}
 	if err := lay.attachPast(s, m); err != nil {
 		return nil, err
 	}

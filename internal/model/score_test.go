@@ -1,6 +1,7 @@
 package model
 
 import (
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -354,5 +355,78 @@ func TestGenerateMatchesFullRecomputation(t *testing.T) {
 				seq = append(seq, int64(best))
 			}
 		})
+	}
+}
+
+// TestLanesScoreLikeOneGroup: a batch split into lanes (row groups computed
+// at once on their own threads) gives every row its own result, in order,
+// as one forward pass does; a bad row in any lane fails the batch.
+func TestLanesScoreLikeOneGroup(t *testing.T) {
+	dir := t.TempDir()
+	if err := randmodel.Write(dir, tinySpec("chatglm2")); err != nil {
+		t.Fatal(err)
+	}
+	load := func(threads, lanes int) *Model {
+		m, err := Load(dir, Options{DType: tensor.Float32, Threads: threads, Lanes: lanes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(m.Close)
+		return m
+	}
+	rowsOf := func(m *Model) []Row {
+		shared, err := NewScorer(m, testPrompt(m), ScorerOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(shared.Close)
+		own, err := NewScorer(m, testPrompt(m), ScorerOptions{RecomputePrefix: true, MaxTextTokens: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(own.Close)
+		var rows []Row
+		for i, text := range append(testTexts, testTexts...) {
+			sc := shared
+			if i%3 == 2 {
+				sc = own
+			}
+			rows = append(rows, Row{Scorer: sc, Text: text})
+		}
+		return rows
+	}
+	one, lanes := load(1, 1), load(3, 3)
+	want, err := ScoreRows(rowsOf(one))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := rowsOf(lanes)
+	got, err := ScoreRows(rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d results for %d rows", len(got), len(want))
+	}
+	truncated := 0
+	for r := range want {
+		if got[r].Truncated != want[r].Truncated || got[r].Best != want[r].Best {
+			t.Errorf("row %d: truncated %v best %d in lanes, %v %d in one pass", r, got[r].Truncated, got[r].Best, want[r].Truncated, want[r].Best)
+		}
+		if got[r].Truncated {
+			truncated++
+		}
+		for k := range want[r].LogProbs {
+			if d := math.Abs(got[r].LogProbs[k] - want[r].LogProbs[k]); d > 1e-5 {
+				t.Errorf("row %d label %d: %.7f in lanes, %.7f in one pass", r, k, got[r].LogProbs[k], want[r].LogProbs[k])
+			}
+		}
+	}
+	if truncated == 0 {
+		t.Error("no row was truncated: the test does not mix its scorers")
+	}
+	rows[len(rows)-1].Text = nil
+	if _, err := ScoreRows(rows); !errors.Is(err, ErrEmptyText) {
+		t.Errorf("an empty text in the last lane: err = %v, want ErrEmptyText", err)
 	}
 }

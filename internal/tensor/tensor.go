@@ -266,6 +266,9 @@ type Scope struct {
 	// with libtorch's own operations only, as its references do (see the
 	// fused operations in kernels.go).
 	grad bool
+	// threads is the OS thread's intra-op thread count before UseThreads
+	// (0: unchanged).
+	threads int
 }
 
 // NewScope locks the calling goroutine to its OS thread and returns an empty
@@ -284,6 +287,7 @@ func (s *Scope) Close() {
 		}
 	}
 	s.owned = nil
+	s.restoreThreads()
 	runtime.UnlockOSThread()
 }
 

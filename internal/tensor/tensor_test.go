@@ -3,6 +3,8 @@ package tensor
 import (
 	"errors"
 	"math"
+	"runtime"
+	"slices"
 	"testing"
 )
 
@@ -77,5 +79,46 @@ func TestFromBytesRejectsWrongSize(t *testing.T) {
 	defer s.Close()
 	if s.FromBytes(make([]byte, 10), Float32, []int64{3}, CPU) != nil || s.Err() == nil {
 		t.Fatal("10 bytes accepted as three float32")
+	}
+}
+
+func TestUseThreadsIsPerThreadAndRestored(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	SetThreads(2)
+	before := Threads()
+	if before != 2 {
+		t.Fatalf("SetThreads(2): Threads() = %d", before)
+	}
+	s := NewScope()
+	if err := s.UseThreads(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := Threads(); got != 1 {
+		t.Fatalf("after UseThreads(1): Threads() = %d, want 1", got)
+	}
+	// Another OS thread keeps the process default.
+	other := make(chan int)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		other <- Threads()
+	}()
+	if got := <-other; got != 2 {
+		t.Errorf("another thread sees %d intra-op threads, want the default 2", got)
+	}
+	// Operations still compute on the narrowed thread.
+	a := s.FromFloat32([]float32{1, 2, 3, 4}, []int64{2, 2}, CPU)
+	if got := s.Float32s(s.Matmul(a, a)); !slices.Equal(got, []float32{7, 10, 15, 22}) {
+		t.Errorf("matmul on one thread = %v", got)
+	}
+	s.Close()
+	if got := Threads(); got != before {
+		t.Errorf("after Close: Threads() = %d, want %d restored", got, before)
+	}
+	s2 := NewScope()
+	defer s2.Close()
+	if err := s2.UseThreads(0); err == nil {
+		t.Error("UseThreads(0) accepted")
 	}
 }
