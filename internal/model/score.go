@@ -322,7 +322,6 @@ func scoreLane(m *Model, rows []Row, threads int) ([]Result, error) {
 	B, L, D := int64(lay.batch.Rows), int64(lay.batch.Len), int64(m.cfg.Hidden)
 	idx := s.FromInt64(lay.gather, []int64{int64(len(lay.gather))}, m.opts.Device)
 	h := s.IndexSelect(s.Reshape(hidden, B*L, D), 0, idx)
-	logits := s.Linear(h, m.head, nil)
 	width := 0
 	for _, t := range lay.targets {
 		width = max(width, len(t))
@@ -333,7 +332,7 @@ func scoreLane(m *Model, rows []Row, threads int) ([]Result, error) {
 			flat = append(flat, t[min(j, len(t)-1)])
 		}
 	}
-	picked := s.LogSoftmaxPick(logits, flat, width)
+	picked := s.LinearLogSoftmaxPick(h, m.head, flat, width)
 	if err := s.Err(); err != nil {
 		return nil, fmt.Errorf("score: %w", err)
 	}

@@ -88,19 +88,40 @@ static float ef_row_sum_exp(const void *x, int dtype, int64_t n, float max) {
 	return s;
 }
 
-static void ef_log_softmax_pick_scalar(const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
-                         const int64_t *targets, int64_t width, float *out) {
+// ef_lse_fold folds one row's chunk maximum into its running maximum and
+// sum of exponentials: the sum so far is rescaled to the new maximum. It
+// returns the maximum the chunk's exponentials are to be taken against,
+// or NaN when the chunk adds nothing (everything so far is -inf).
+static float ef_lse_fold(float chunk_max, float *max, float *sum) {
+	if (chunk_max > *max) {
+		*sum = isinf(*max) ? 0 : *sum * expf(*max - chunk_max);
+		*max = chunk_max;
+	}
+	return isinf(*max) && *max < 0 ? NAN : *max;
+}
+
+// ef_lse_pick_targets copies the targets of row r that fall in the chunk
+// [c0, c0+n) into picked.
+static void ef_lse_pick_targets(const void *row, int dtype, int64_t r, int64_t n, int64_t c0, const int64_t *targets,
+                                int64_t width, float *picked) {
+	for (int64_t j = 0; j < width; j++) {
+		int64_t t = targets[r * width + j] - c0;
+		if (t >= 0 && t < n) {
+			picked[r * width + j] = ef_load(row, dtype, t);
+		}
+	}
+}
+
+static void ef_lse_update_scalar(const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
+                                 const int64_t *targets, int64_t width, float *max, float *sum, float *picked) {
 	size_t esize = dtype == EF_BF16 ? 2 : 4;
 	for (int64_t r = r0; r < r1; r++) {
-		const void *row = (const char *)logits + (size_t)r * (size_t)vocab * esize;
-		float max = ef_row_max(row, dtype, vocab);
-		if (isinf(max)) {
-			max = 0; // all -inf (or an inf logit): let the sum say so
+		const void *row = (const char *)x + (size_t)r * (size_t)n * esize;
+		float m = ef_lse_fold(ef_row_max(row, dtype, n), &max[r], &sum[r]);
+		if (!isnan(m)) {
+			sum[r] += ef_row_sum_exp(row, dtype, n, m);
 		}
-		float logsum = logf(ef_row_sum_exp(row, dtype, vocab, max));
-		for (int64_t j = 0; j < width; j++) {
-			out[r * width + j] = (ef_load(row, dtype, targets[r * width + j]) - max) - logsum;
-		}
+		ef_lse_pick_targets(row, dtype, r, n, c0, targets, width, picked);
 	}
 }
 
@@ -218,30 +239,27 @@ static inline __mmask16 ef_tail(int64_t left) {
 	return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 }
 
-EF_AVX512 static void ef_log_softmax_pick_avx512(const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
-                                                 const int64_t *targets, int64_t width, float *out) {
+EF_AVX512 static void ef_lse_update_avx512(const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
+                                           const int64_t *targets, int64_t width, float *max, float *sum, float *picked) {
 	size_t esize = dtype == EF_BF16 ? 2 : 4;
 	for (int64_t r = r0; r < r1; r++) {
-		const void *row = (const char *)logits + (size_t)r * (size_t)vocab * esize;
+		const void *row = (const char *)x + (size_t)r * (size_t)n * esize;
 		__m512 vmax = _mm512_set1_ps(-INFINITY);
-		for (int64_t i = 0; i < vocab; i += 16) {
-			__mmask16 m = ef_tail(vocab - i);
+		for (int64_t i = 0; i < n; i += 16) {
+			__mmask16 m = ef_tail(n - i);
 			vmax = _mm512_mask_max_ps(vmax, m, vmax, ef_v_load(row, dtype, i, m));
 		}
-		float max = _mm512_reduce_max_ps(vmax);
-		if (isinf(max)) {
-			max = 0;
+		float mx = ef_lse_fold(_mm512_reduce_max_ps(vmax), &max[r], &sum[r]);
+		if (!isnan(mx)) {
+			__m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
+			for (int64_t i = 0; i < n; i += 16) {
+				__mmask16 m = ef_tail(n - i);
+				__m512 e = ef_v_exp(_mm512_sub_ps(ef_v_load(row, dtype, i, m), vm));
+				vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+			}
+			sum[r] += _mm512_reduce_add_ps(vsum);
 		}
-		__m512 vm = _mm512_set1_ps(max), vsum = _mm512_setzero_ps();
-		for (int64_t i = 0; i < vocab; i += 16) {
-			__mmask16 m = ef_tail(vocab - i);
-			__m512 e = ef_v_exp(_mm512_sub_ps(ef_v_load(row, dtype, i, m), vm));
-			vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
-		}
-		float logsum = logf(_mm512_reduce_add_ps(vsum));
-		for (int64_t j = 0; j < width; j++) {
-			out[r * width + j] = (ef_load(row, dtype, targets[r * width + j]) - max) - logsum;
-		}
+		ef_lse_pick_targets(row, dtype, r, n, c0, targets, width, picked);
 	}
 }
 
@@ -319,7 +337,7 @@ static int ef_has_avx512(void) {
 #else
 // Other processors run the portable versions only.
 static int ef_has_avx512(void) { return 0; }
-#define ef_log_softmax_pick_avx512 ef_log_softmax_pick_scalar
+#define ef_lse_update_avx512 ef_lse_update_scalar
 #define ef_rms_norm_avx512 ef_rms_norm_scalar
 #define ef_silu_mul_avx512 ef_silu_mul_scalar
 #define ef_rotary_avx512 ef_rotary_scalar
@@ -337,12 +355,12 @@ int ef_fast_bf16(void) {
 #endif
 }
 
-void ef_log_softmax_pick(int simd, const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
-                         const int64_t *targets, int64_t width, float *out) {
+void ef_lse_update(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
+                   const int64_t *targets, int64_t width, float *max, float *sum, float *picked) {
 	if (simd) {
-		ef_log_softmax_pick_avx512(logits, dtype, r0, r1, vocab, targets, width, out);
+		ef_lse_update_avx512(x, dtype, r0, r1, n, c0, targets, width, max, sum, picked);
 	} else {
-		ef_log_softmax_pick_scalar(logits, dtype, r0, r1, vocab, targets, width, out);
+		ef_lse_update_scalar(x, dtype, r0, r1, n, c0, targets, width, max, sum, picked);
 	}
 }
 

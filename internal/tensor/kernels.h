@@ -6,8 +6,12 @@ enum { EF_F32 = 6, EF_BF16 = 15 };
 
 int ef_simd(void);
 int ef_fast_bf16(void); // the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX)
-void ef_log_softmax_pick(int simd, const void *logits, int dtype, int64_t r0, int64_t r1, int64_t vocab,
-                         const int64_t *targets, int64_t width, float *out);
+// ef_lse_update folds rows [r0, r1) of a chunk x [rows, n] of logits,
+// columns [c0, c0+n) of the vocabulary, into each row's running maximum and
+// sum of exponentials against it, and copies the chunk's targets (width a
+// row) into picked.
+void ef_lse_update(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
+                   const int64_t *targets, int64_t width, float *max, float *sum, float *picked);
 void ef_rms_norm(int simd, const void *x, const void *weight, int dtype, int64_t r0, int64_t r1, int64_t dim,
                  float eps, void *out);
 void ef_silu_mul(int simd, const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out);

@@ -137,37 +137,50 @@ func rotateCase(t *testing.T, r *rand.Rand, dtype DType, B, L, H, hd, width int6
 	}
 }
 
-func TestLogSoftmaxPickKernel(t *testing.T) {
+func TestLinearLogSoftmaxPickKernel(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
-	const rowsN, vocab, width = 6, 1000 + 3, 4
+	const rowsN, dim, vocab, width = 6, 40, 1000 + 3, 4
 	for _, dtype := range []DType{Float32, BFloat16} {
 		s := NewScope()
-		vals := randomFloats(r, rowsN*vocab, 0.5) // every logit counts in the normaliser
-		vals[2*vocab+17] = 60                     // one dominant logit: exp must not overflow
-		logits := s.ToDType(s.FromFloat32(vals, []int64{rowsN, vocab}, CPU), dtype)
+		// every logit counts in the normaliser
+		hv, wv := randomFloats(r, rowsN*dim, 1), randomFloats(r, vocab*dim, 0.1)
+		for d := range dim {
+			// one dominant logit (row 2, token 17), in a chunk after the
+			// first: exp must not overflow, and the running sum rescales
+			wv[17*dim+d] = 4 * hv[2*dim+d]
+		}
+		h := s.ToDType(s.FromFloat32(hv, []int64{rowsN, dim}, CPU), dtype)
+		w := s.ToDType(s.FromFloat32(wv, []int64{vocab, dim}, CPU), dtype)
 		targets := make([]int64, rowsN*width)
 		for i := range targets {
 			targets[i] = r.Int64N(vocab)
 		}
 		targets[2*width] = 17
-		want := s.logSoftmaxPick(logits, targets, width, kernelsComposite)
-		for _, c := range kernelCases {
-			got := s.logSoftmaxPick(logits, targets, width, c.k)
-			if err := s.Err(); err != nil {
-				t.Fatal(err)
-			}
-			// float32 output whatever the input: compare as float32
-			closeEnough(t, "log_softmax_pick "+dtype.String()+" "+c.name, Float32, got, want)
+		want := s.linearLogSoftmaxPick(h, w, targets, width, 0, kernelsComposite)
+		if want[2*width] < -0.5 {
+			t.Fatalf("the dominant logit has log-probability %v: the test lost its point", want[2*width])
 		}
-		if s.LogSoftmaxPick(logits, []int64{0, 1}, width) != nil || s.Err() == nil {
+		for _, c := range kernelCases {
+			// chunks: ragged (16 and 100 do not divide 1003), one, the default
+			for _, chunk := range []int64{16, 100, vocab, 0} {
+				got := s.linearLogSoftmaxPick(h, w, targets, width, chunk, c.k)
+				if err := s.Err(); err != nil {
+					t.Fatal(err)
+				}
+				// float32 output whatever the input: compare as float32
+				closeEnough(t, fmt.Sprintf("linear_log_softmax_pick %s %s chunk %d", dtype, c.name, chunk), Float32, got, want)
+			}
+		}
+		if s.LinearLogSoftmaxPick(h, w, []int64{0, 1}, width) != nil || s.Err() == nil {
 			t.Fatal("targets that do not fill the rows accepted")
 		}
 		s.Close()
 		s = NewScope()
-		logits = s.ToDType(s.FromFloat32(vals, []int64{rowsN, vocab}, CPU), dtype)
+		h = s.ToDType(s.FromFloat32(hv, []int64{rowsN, dim}, CPU), dtype)
+		w = s.ToDType(s.FromFloat32(wv, []int64{vocab, dim}, CPU), dtype)
 		bad := append([]int64(nil), targets...)
 		bad[3] = vocab
-		if s.LogSoftmaxPick(logits, bad, width) != nil || s.Err() == nil {
+		if s.LinearLogSoftmaxPick(h, w, bad, width) != nil || s.Err() == nil {
 			t.Fatal("target outside the vocabulary accepted")
 		}
 		s.Close()

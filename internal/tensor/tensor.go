@@ -18,9 +18,9 @@
 // libtorch reports errors through thread-local state, so a Scope locks its
 // goroutine to the OS thread until Close.
 //
-// A few fused operations (RMSNorm, SiluMul, RotatePairs, LogSoftmaxPick;
-// kernels.go) run C kernels on the CPU instead of chains of libtorch
-// operations.
+// A few fused operations (RMSNorm, SiluMul, RotatePairs, Attention,
+// LinearLogSoftmaxPick; kernels.go) run C kernels on the CPU instead of
+// chains of libtorch operations.
 //
 // # Host memory
 //
