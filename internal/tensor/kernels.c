@@ -343,9 +343,17 @@ static int ef_has_avx512(void) { return 0; }
 #define ef_rotary_avx512 ef_rotary_scalar
 #endif
 
-// The entry points: simd (from ef_simd) picks the AVX-512 version.
+// The entry points: simd (from ef_simd) picks the AVX-512 versions (1)
+// and, for attention in bfloat16, the BF16 dot products (2).
 
-int ef_simd(void) { return ef_has_avx512(); }
+int ef_simd(void) {
+#if defined(__x86_64__)
+	if (ef_has_avx512() && __builtin_cpu_supports("avx512bf16")) {
+		return 2;
+	}
+#endif
+	return ef_has_avx512();
+}
 
 int ef_fast_bf16(void) {
 #if defined(__x86_64__)
@@ -638,8 +646,179 @@ EF_AVX512 static int ef_attention_tasks_avx512(const ef_attention_args *a, int64
 }
 #endif
 
+#if defined(__x86_64__)
+#define EF_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
+
+// ef_bf16_pairs packs 16 bfloat16 values of a and 16 of b (raw bits) as 16
+// 32-bit pairs (a_i, b_i): the operand layout of the BF16 dot products.
+EF_AVX512BF16 static inline __m512i ef_bf16_pairs(__m256i a, __m256i b) {
+	return _mm512_or_si512(_mm512_cvtepu16_epi32(a), _mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+
+// ef_attention_tasks_bf16dot is ef_attention_tasks_avx512 for bfloat16 on
+// CPUs with AVX-512 BF16: the products of the scores and of the outputs go
+// through vdpbf16ps, two bfloat16 products a lane and instruction, which
+// halves the multiply-adds. Its operands are bfloat16 already (the rounded
+// scaled queries and keys, the rounded probabilities, the values), whose
+// products float32 holds exactly; only the order of the float32 sums
+// differs. Keys are kept as kp [hd/2][Tp] pairs of dimensions, values as
+// vp [Tp/2][hd] pairs of keys; hd must be a multiple of 32.
+EF_AVX512BF16 static int ef_attention_tasks_bf16dot(const ef_attention_args *a, int64_t t0, int64_t t1) {
+	enum { NQ = 4 };
+	// Tp: T rounded up to 32, so that probabilities pack 32 at a time
+	int64_t hd = a->hd, T = a->P + a->L, Tp = (T + 31) / 32 * 32, per = a->H / a->G, hd2 = hd / 2, Tp2 = Tp / 2;
+	size_t words = (size_t)(hd2 * Tp + Tp2 * hd + NQ * hd2 + NQ * Tp2 + Tp2);
+	uint32_t *kp = malloc(sizeof(uint32_t) * words + sizeof(float) * (size_t)(NQ * Tp));
+	if (kp == NULL) {
+		return -1;
+	}
+	uint32_t *vp = kp + hd2 * Tp, *qp = vp + Tp2 * hd, *pp = qp + NQ * hd2, *pairs = pp + NQ * Tp2;
+	float *sc = (float *)(pairs + Tp2);
+	__m512 sq = _mm512_set1_ps(sqrtf(a->scale));
+	__m256i kcol = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)Tp));
+	static const uint16_t odd_halves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+	                                        33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+	__m512i odd = _mm512_loadu_si512(odd_halves);
+	for (int64_t t = t0; t < t1; t++) {
+		int64_t b = t / a->G, g = t % a->G;
+		memset(kp, 0, sizeof(uint32_t) * (size_t)(hd2 * Tp + Tp2 * hd));
+		for (int64_t j = 0; j < T; j++) {
+			const void *kr, *vr;
+			int64_t ko, vo;
+			ef_key_at(a, b, g, j, &kr, &ko, &vr, &vo);
+			for (int64_t d = 0; d < hd; d += 16) {
+				// scaled key, rounded: dimensions (d+2i, d+2i+1) are pair i,
+				// which goes to row d/2+i of kp, column j
+				__m256i k = ef_v_bf16(_mm512_mul_ps(ef_v_load(kr, EF_BF16, ko + d, 0xffff), sq));
+				_mm256_i32scatter_epi32(kp + (d / 2) * Tp + j, kcol, k, 4);
+			}
+		}
+		for (int64_t j = 0; j < T; j += 2) {
+			const void *vr0, *vr1, *kr;
+			int64_t vo0, vo1, ko;
+			ef_key_at(a, b, g, j, &kr, &ko, &vr0, &vo0);
+			if (j + 1 < T) {
+				ef_key_at(a, b, g, j + 1, &kr, &ko, &vr1, &vo1);
+			}
+			for (int64_t d = 0; d < hd; d += 16) {
+				__m256i v0 = _mm256_loadu_si256((const __m256i *)((const uint16_t *)vr0 + vo0 + d));
+				__m256i v1 = j + 1 < T ? _mm256_loadu_si256((const __m256i *)((const uint16_t *)vr1 + vo1 + d))
+				                       : _mm256_setzero_si256();
+				_mm512_storeu_si512(vp + (j / 2) * hd + d, ef_bf16_pairs(v0, v1));
+			}
+		}
+		for (int64_t h = g * per; h < (g + 1) * per; h++) {
+			for (int64_t l0 = 0; l0 < a->L; l0 += NQ) {
+				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
+				const uint8_t *vis[NQ];
+				int any[NQ] = {0};
+				for (int i = 0; i < NQ; i++) {
+					int64_t l = l0 + (i < nq ? i : 0);
+					vis[i] = a->visible + (b * a->L + l) * T;
+					int64_t qo = b * a->qs[0] + h * a->qs[1] + l * a->qs[2];
+					for (int64_t d = 0; d < hd; d += 16) {
+						__m256i q = ef_v_bf16(_mm512_mul_ps(ef_v_load(a->q, EF_BF16, qo + d, 0xffff), sq));
+						_mm256_storeu_si256((__m256i *)(qp + i * hd2 + d / 2), q);
+					}
+					for (int64_t j = 0; i < nq && j < T; j++) {
+						any[i] |= vis[i][j];
+					}
+				}
+				// scores: sc[i][j] = q_i · k_j, rounded. 32 keys a step: eight
+				// independent sums keep the dot products' pipeline full.
+				for (int64_t j = 0; j < Tp; j += 32) {
+					__m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+					for (int64_t d2 = 0; d2 < hd2; d2++) {
+						__m512bh k0 = (__m512bh)_mm512_loadu_si512(kp + d2 * Tp + j);
+						__m512bh k1 = (__m512bh)_mm512_loadu_si512(kp + d2 * Tp + j + 16);
+						__m512bh q0 = (__m512bh)_mm512_set1_epi32((int)qp[d2]);
+						__m512bh q1 = (__m512bh)_mm512_set1_epi32((int)qp[hd2 + d2]);
+						__m512bh q2 = (__m512bh)_mm512_set1_epi32((int)qp[2 * hd2 + d2]);
+						__m512bh q3 = (__m512bh)_mm512_set1_epi32((int)qp[3 * hd2 + d2]);
+						s0 = _mm512_dpbf16_ps(s0, q0, k0);
+						s1 = _mm512_dpbf16_ps(s1, q0, k1);
+						s2 = _mm512_dpbf16_ps(s2, q1, k0);
+						s3 = _mm512_dpbf16_ps(s3, q1, k1);
+						s4 = _mm512_dpbf16_ps(s4, q2, k0);
+						s5 = _mm512_dpbf16_ps(s5, q2, k1);
+						s6 = _mm512_dpbf16_ps(s6, q3, k0);
+						s7 = _mm512_dpbf16_ps(s7, q3, k1);
+					}
+					__m512 ss[2 * NQ] = {s0, s1, s2, s3, s4, s5, s6, s7};
+					for (int i = 0; i < NQ; i++) {
+						_mm512_storeu_ps(sc + i * Tp + j, ef_v_round(ss[2 * i], EF_BF16));
+						_mm512_storeu_ps(sc + i * Tp + j + 16, ef_v_round(ss[2 * i + 1], EF_BF16));
+					}
+				}
+				// probabilities as bfloat16 pairs of keys; 0 past T
+				for (int i = 0; i < NQ; i++) {
+					float *si = sc + i * Tp;
+					if (i < nq && any[i]) {
+						ef_softmax_row_avx512(si, vis[i], T, EF_BF16);
+					}
+					for (int64_t j = T; j < Tp; j++) {
+						si[j] = 0;
+					}
+					for (int64_t j = 0; j < Tp; j += 32) {
+						// si holds bfloat16 values, so the high halves of its
+						// floats are exact: the odd 16-bit halves of 32 floats
+						// are 16 pairs (p_j, p_j+1)
+						__m512i lo = _mm512_castps_si512(_mm512_loadu_ps(si + j));
+						__m512i hi = _mm512_castps_si512(_mm512_loadu_ps(si + j + 16));
+						_mm512_storeu_si512(pp + i * Tp2 + j / 2, _mm512_permutex2var_epi16(lo, odd, hi));
+					}
+				}
+				// the key pairs some query of the four sees
+				int64_t np = 0;
+				for (int64_t j = 0; j < T; j += 2) {
+					int seen = vis[0][j] | vis[1][j] | vis[2][j] | vis[3][j];
+					if (j + 1 < T) {
+						seen |= vis[0][j + 1] | vis[1][j + 1] | vis[2][j + 1] | vis[3][j + 1];
+					}
+					if (seen) {
+						pairs[np++] = (uint32_t)(j / 2);
+					}
+				}
+				// outputs: o[i] = Σ_j p[i][j] v_j, 32 dimensions a step
+				for (int64_t d = 0; d < hd; d += 32) {
+					__m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
+					for (int64_t n = 0; n < np; n++) {
+						int64_t j2 = pairs[n];
+						__m512bh v0 = (__m512bh)_mm512_loadu_si512(vp + j2 * hd + d);
+						__m512bh v1 = (__m512bh)_mm512_loadu_si512(vp + j2 * hd + d + 16);
+						__m512bh p0 = (__m512bh)_mm512_set1_epi32((int)pp[j2]);
+						__m512bh p1 = (__m512bh)_mm512_set1_epi32((int)pp[Tp2 + j2]);
+						__m512bh p2 = (__m512bh)_mm512_set1_epi32((int)pp[2 * Tp2 + j2]);
+						__m512bh p3 = (__m512bh)_mm512_set1_epi32((int)pp[3 * Tp2 + j2]);
+						o0 = _mm512_dpbf16_ps(o0, p0, v0);
+						o1 = _mm512_dpbf16_ps(o1, p0, v1);
+						o2 = _mm512_dpbf16_ps(o2, p1, v0);
+						o3 = _mm512_dpbf16_ps(o3, p1, v1);
+						o4 = _mm512_dpbf16_ps(o4, p2, v0);
+						o5 = _mm512_dpbf16_ps(o5, p2, v1);
+						o6 = _mm512_dpbf16_ps(o6, p3, v0);
+						o7 = _mm512_dpbf16_ps(o7, p3, v1);
+					}
+					__m512 os[2 * NQ] = {o0, o1, o2, o3, o4, o5, o6, o7};
+					for (int i = 0; i < nq; i++) {
+						uint16_t *o = (uint16_t *)a->out + (size_t)((b * a->L + l0 + i) * a->H + h) * (size_t)hd;
+						ef_v_store(o, EF_BF16, d, any[i] ? os[2 * i] : _mm512_setzero_ps(), 0xffff);
+						ef_v_store(o, EF_BF16, d + 16, any[i] ? os[2 * i + 1] : _mm512_setzero_ps(), 0xffff);
+					}
+				}
+			}
+		}
+	}
+	free(kp);
+	return 0;
+}
+#endif
+
 static int ef_attention_tasks(const ef_attention_args *a, int64_t t0, int64_t t1, int simd) {
 #if defined(__x86_64__)
+	if (simd >= 2 && a->dtype == EF_BF16 && a->hd % 32 == 0) {
+		return ef_attention_tasks_bf16dot(a, t0, t1);
+	}
 	if (simd) {
 		return ef_attention_tasks_avx512(a, t0, t1);
 	}

@@ -31,15 +31,19 @@ import (
 type kernels int
 
 const (
-	kernelsBest      kernels = iota // the C kernels where fusable, AVX-512 if the CPU has it
+	kernelsBest      kernels = iota // the C kernels where fusable, the CPU's best versions
+	kernelsAVX512                   // the AVX-512 versions without BF16 dot products, where the CPU has them
 	kernelsScalar                   // the C kernels' portable versions where fusable
 	kernelsComposite                // the libtorch operations, always
 )
 
 // simd is the C kernels' simd argument for k.
 func (k kernels) simd() C.int {
-	if k == kernelsBest {
+	switch k {
+	case kernelsBest:
 		return C.ef_simd()
+	case kernelsAVX512:
+		return min(C.ef_simd(), 1)
 	}
 	return 0
 }
@@ -288,10 +292,13 @@ func (s *Scope) linearLogSoftmaxPick(h, w *Tensor, targets []int64, width int, c
 
 // FusedKernels names the versions of the fused operations this CPU runs.
 func FusedKernels() string {
-	if C.ef_simd() != 0 {
+	switch C.ef_simd() {
+	case 0:
+		return "portable C"
+	case 1:
 		return "AVX-512"
 	}
-	return "portable C"
+	return "AVX-512 (attention: BF16 dot products)"
 }
 
 // Attention is multi-head attention with grouped keys and values (heads

@@ -1,5 +1,6 @@
 // Fused CPU kernels of package tensor; see kernels.c. simd != 0 (only
-// where ef_simd() says the CPU has AVX-512) picks the vector versions.
+// where ef_simd() says the CPU has AVX-512) picks the vector versions;
+// simd 2 (AVX-512 BF16 too) also the BF16 dot products of attention.
 #include <stdint.h>
 
 enum { EF_F32 = 6, EF_BF16 = 15 };

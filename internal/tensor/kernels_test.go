@@ -28,7 +28,7 @@ func randomFloats(r *rand.Rand, n int, scale float64) []float32 {
 var kernelCases = []struct {
 	name string
 	k    kernels
-}{{"best", kernelsBest}, {"scalar", kernelsScalar}}
+}{{"best", kernelsBest}, {"avx512", kernelsAVX512}, {"scalar", kernelsScalar}}
 
 // closeEnough compares got with want element by element: float32 within a
 // relative 1e-5, bfloat16 within one bfloat16 step (2^-7 relative) on at
@@ -201,7 +201,8 @@ func TestAttentionKernel(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 10))
 	for _, c := range []struct {
 		B, H, G, L, P, R, hd int64
-	}{{2, 4, 2, 5, 3, 1, 16}, {3, 6, 3, 7, 4, 3, 20}, {2, 2, 2, 4, 0, 0, 8}, {1, 8, 1, 9, 17, 1, 64}} {
+	}{{2, 4, 2, 5, 3, 1, 16}, {3, 6, 3, 7, 4, 3, 20}, {2, 2, 2, 4, 0, 0, 8}, {1, 8, 1, 9, 17, 1, 64},
+		{2, 4, 2, 23, 14, 2, 32}, {1, 2, 1, 40, 0, 0, 16}} {
 		for _, dtype := range []DType{Float32, BFloat16} {
 			attentionCase(t, r, dtype, c.B, c.H, c.G, c.L, c.P, c.R, c.hd)
 		}
