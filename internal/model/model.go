@@ -31,7 +31,7 @@ type Options struct {
 	// computes on in all (0: tensor.Threads() when the model loads).
 	Threads int
 	// Lanes splits a CPU batch's rows into up to this many groups (at
-	// most Threads) that ScoreRows computes at once, each on its own OS
+	// most Threads, and of at least 16 rows) that ScoreRows computes at once, each on its own OS
 	// thread with Threads / lanes intra-op threads (0 or 1: one group on
 	// Threads threads). On a few cores, whole small operations side by side
 	// keep the cores busier than each operation split across them, whose

@@ -386,7 +386,11 @@ func TestLanesScoreLikeOneGroup(t *testing.T) {
 		}
 		t.Cleanup(own.Close)
 		var rows []Row
-		for i, text := range append(testTexts, testTexts...) {
+		var texts [][]int64
+		for range 3 * minLaneRows / len(testTexts) {
+			texts = append(texts, testTexts...)
+		}
+		for i, text := range texts {
 			sc := shared
 			if i%3 == 2 {
 				sc = own
