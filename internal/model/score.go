@@ -1,9 +1,11 @@
 package model
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 
 	"github.com/emoflow/emoflow/internal/tensor"
@@ -274,15 +276,29 @@ func ScoreRows(rows []Row) ([]Result, error) {
 	if lanes <= 1 {
 		return scoreLane(m, rows, m.opts.Threads)
 	}
-	// Contiguous groups of rows, the first on this goroutine.
+	// Lanes take the rows in order of length, so that each pads to its own
+	// longest row, and the first lane runs on this goroutine.
+	order := make([]int, len(rows))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		return cmp.Compare(rows[a].Scorer.RowTokens(len(rows[a].Text)), rows[b].Scorer.RowTokens(len(rows[b].Text)))
+	})
+	sorted := make([]Row, len(rows))
+	for i, o := range order {
+		sorted[i] = rows[o]
+	}
 	results := make([]Result, len(rows))
 	errs := make([]error, lanes)
 	var wg sync.WaitGroup
 	for i := lanes - 1; i >= 0; i-- {
 		lo, hi := i*len(rows)/lanes, (i+1)*len(rows)/lanes
 		run := func() {
-			res, err := scoreLane(m, rows[lo:hi], max(1, m.opts.Threads/lanes))
-			copy(results[lo:hi], res)
+			res, err := scoreLane(m, sorted[lo:hi], max(1, m.opts.Threads/lanes))
+			for k, r := range res {
+				results[order[lo+k]] = r
+			}
 			errs[i] = err
 		}
 		if i == 0 {
