@@ -40,8 +40,11 @@ RUN go build -trimpath -o /out/classifier ./cmd/classifier
 FROM nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04 AS runtime
 COPY --from=libtorch /libtorch/lib /opt/libtorch/lib
 COPY --from=build /out/classifier /usr/local/bin/classifier
+# OMP_WAIT_POLICY: idle OpenMP workers sleep rather than spin (CPU nodes;
+# see Taskfile.yml).
 ENV LD_LIBRARY_PATH=/opt/libtorch/lib:/usr/local/cuda/lib64 \
-    EMOFLOW_DEVICE=cuda
+    EMOFLOW_DEVICE=cuda \
+    OMP_WAIT_POLICY=PASSIVE
 RUN groupadd --gid 65532 nonroot && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin nonroot
 USER 65532:65532
 EXPOSE 8080
