@@ -101,13 +101,29 @@ func (m *Model) forward(s *tensor.Scope, b *Batch, keepKV bool) (*tensor.Tensor,
 	if keepKV {
 		kv = &KV{Len: b.Len}
 	}
+	// Pre-norm architectures add each residual in the same pass as the
+	// next norm: h is x normalised for the next block (or the output).
+	var h *tensor.Tensor
+	if m.cfg.Arch != ArchGLM1 {
+		h = m.norm(s, x, m.layers[0].inNormW, m.layers[0].inNormB)
+	}
 	for i := range m.layers {
 		var pastK, pastV *tensor.Tensor
 		if b.Past != nil {
 			pastK, pastV = b.Past.K[i], b.Past.V[i]
 		}
 		var k, v *tensor.Tensor
-		x, k, v = m.block(s, i, x, rot, pastK, pastV, visible, groups, B, L)
+		if m.cfg.Arch == ArchGLM1 {
+			x, k, v = m.postNormBlock(s, i, x, rot, pastK, pastV, visible, groups, B, L)
+		} else {
+			var mid, ffn *tensor.Tensor
+			mid, ffn, k, v = m.preNormBlock(s, i, x, h, rot, pastK, pastV, visible, groups, B, L)
+			next := m.finalNormW
+			if i+1 < len(m.layers) {
+				next = m.layers[i+1].inNormW
+			}
+			x, h = s.AddRMSNorm(mid, ffn, next, m.cfg.NormEps)
+		}
 		if keepKV {
 			kv.K = append(kv.K, k)
 			kv.V = append(kv.V, v)
@@ -116,8 +132,10 @@ func (m *Model) forward(s *tensor.Scope, b *Batch, keepKV bool) (*tensor.Tensor,
 			return nil, nil, fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
-	x = m.norm(s, x, m.finalNormW, m.finalB)
-	return x, kv, s.Err()
+	if m.cfg.Arch == ArchGLM1 {
+		h = m.norm(s, x, m.finalNormW, m.finalB)
+	}
+	return h, kv, s.Err()
 }
 
 // rotary holds the rotation tables of one batch, [B, L, 1, n] each: one
@@ -183,26 +201,33 @@ func (m *Model) norm(s *tensor.Scope, x, w, bias *tensor.Tensor) *tensor.Tensor 
 	return s.RMSNorm(x, w, m.cfg.NormEps)
 }
 
-// block is one transformer layer. It returns the layer's output and the
-// keys (rotated) and values of the batch's own tokens.
-func (m *Model) block(s *tensor.Scope, layer int, x *tensor.Tensor, rot rotary, pastK, pastV, visible *tensor.Tensor, groups *loraBatch, B, L int64) (out, k, v *tensor.Tensor) {
+// postNormBlock is one ChatGLM-6B layer. It returns the layer's output and
+// the keys (rotated) and values of the batch's own tokens.
+func (m *Model) postNormBlock(s *tensor.Scope, layer int, x *tensor.Tensor, rot rotary, pastK, pastV, visible *tensor.Tensor, groups *loraBatch, B, L int64) (out, k, v *tensor.Tensor) {
 	l := &m.layers[layer]
 	h := m.norm(s, x, l.inNormW, l.inNormB)
 	attn, k, v := m.attention(s, layer, h, rot, pastK, pastV, visible, groups, B, L)
-	if m.cfg.Arch == ArchGLM1 {
-		// Post-layer-norm residuals scaled by alpha = sqrt(2·layers): the
-		// residual is the normalised input, not the input. THUDM's code
-		// never passes num_layers to its blocks, whose default is 28 (the
-		// real model's depth), so alpha is sqrt(56) whatever config.json
-		// says; the reference outputs of small test models follow that.
-		alpha := math.Sqrt(2 * 28)
-		mid := s.Add(s.Scale(h, alpha), attn)
-		h2 := m.norm(s, mid, l.postNormW, l.postNormB)
-		return s.Add(s.Scale(h2, alpha), m.mlp(s, layer, h2, groups)), k, v
-	}
-	mid := s.Add(x, attn)
+	// Post-layer-norm residuals scaled by alpha = sqrt(2·layers): the
+	// residual is the normalised input, not the input. THUDM's code never
+	// passes num_layers to its blocks, whose default is 28 (the real
+	// model's depth), so alpha is sqrt(56) whatever config.json says; the
+	// reference outputs of small test models follow that.
+	alpha := math.Sqrt(2 * 28)
+	mid := s.Add(s.Scale(h, alpha), attn)
 	h2 := m.norm(s, mid, l.postNormW, l.postNormB)
-	return s.Add(mid, m.mlp(s, layer, h2, groups)), k, v
+	return s.Add(s.Scale(h2, alpha), m.mlp(s, layer, h2, groups)), k, v
+}
+
+// preNormBlock is one layer of ChatGLM2 and later, given its input x and x
+// normalised (h). It returns the two terms of the layer's output, mid (x
+// plus attention) and the feed-forward result, which the caller adds in
+// the same pass as the next norm, and the keys (rotated) and values of the
+// batch's own tokens.
+func (m *Model) preNormBlock(s *tensor.Scope, layer int, x, h *tensor.Tensor, rot rotary, pastK, pastV, visible *tensor.Tensor, groups *loraBatch, B, L int64) (mid, ffn, k, v *tensor.Tensor) {
+	l := &m.layers[layer]
+	attn, k, v := m.attention(s, layer, h, rot, pastK, pastV, visible, groups, B, L)
+	mid, h2 := s.AddRMSNorm(x, attn, l.postNormW, m.cfg.NormEps)
+	return mid, m.mlp(s, layer, h2, groups), k, v
 }
 
 func (m *Model) mlp(s *tensor.Scope, layer int, h *tensor.Tensor, groups *loraBatch) *tensor.Tensor {

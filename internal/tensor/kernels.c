@@ -125,12 +125,20 @@ static void ef_lse_update_scalar(const void *x, int dtype, int64_t r0, int64_t r
 	}
 }
 
-static void ef_rms_norm_scalar(const void *x, const void *weight, int dtype, int64_t r0, int64_t r1, int64_t dim, float eps,
-                 void *out) {
+static void ef_rms_norm_scalar(const void *x, const void *add, const void *weight, int dtype, int64_t r0, int64_t r1,
+                               int64_t dim, float eps, void *sum, void *out) {
 	size_t esize = dtype == EF_BF16 ? 2 : 4;
 	for (int64_t r = r0; r < r1; r++) {
-		const void *row = (const char *)x + (size_t)r * (size_t)dim * esize;
-		void *orow = (char *)out + (size_t)r * (size_t)dim * esize;
+		size_t at = (size_t)r * (size_t)dim * esize;
+		const void *row = (const char *)x + at;
+		void *orow = (char *)out + at;
+		if (add != NULL) {
+			void *srow = (char *)sum + at;
+			for (int64_t i = 0; i < dim; i++) {
+				ef_store(srow, dtype, i, ef_load(row, dtype, i) + ef_load((const char *)add + at, dtype, i));
+			}
+			row = srow;
+		}
 		float ss = 0;
 		for (int64_t i = 0; i < dim; i++) {
 			float v = ef_load(row, dtype, i);
@@ -263,12 +271,22 @@ EF_AVX512 static void ef_lse_update_avx512(const void *x, int dtype, int64_t r0,
 	}
 }
 
-EF_AVX512 static void ef_rms_norm_avx512(const void *x, const void *weight, int dtype, int64_t r0, int64_t r1, int64_t dim,
-                                         float eps, void *out) {
+EF_AVX512 static void ef_rms_norm_avx512(const void *x, const void *add, const void *weight, int dtype, int64_t r0,
+                                         int64_t r1, int64_t dim, float eps, void *sum, void *out) {
 	size_t esize = dtype == EF_BF16 ? 2 : 4;
 	for (int64_t r = r0; r < r1; r++) {
-		const void *row = (const char *)x + (size_t)r * (size_t)dim * esize;
-		void *orow = (char *)out + (size_t)r * (size_t)dim * esize;
+		size_t at = (size_t)r * (size_t)dim * esize;
+		const void *row = (const char *)x + at;
+		void *orow = (char *)out + at;
+		if (add != NULL) {
+			void *srow = (char *)sum + at;
+			for (int64_t i = 0; i < dim; i += 16) {
+				__mmask16 m = ef_tail(dim - i);
+				__m512 v = _mm512_add_ps(ef_v_load(row, dtype, i, m), ef_v_load((const char *)add + at, dtype, i, m));
+				ef_v_store(srow, dtype, i, v, m);
+			}
+			row = srow;
+		}
 		__m512 acc = _mm512_setzero_ps();
 		for (int64_t i = 0; i < dim; i += 16) {
 			__m512 v = ef_v_load(row, dtype, i, ef_tail(dim - i));
@@ -372,12 +390,12 @@ void ef_lse_update(int simd, const void *x, int dtype, int64_t r0, int64_t r1, i
 	}
 }
 
-void ef_rms_norm(int simd, const void *x, const void *weight, int dtype, int64_t r0, int64_t r1, int64_t dim,
-                 float eps, void *out) {
+void ef_rms_norm(int simd, const void *x, const void *add, const void *weight, int dtype, int64_t r0, int64_t r1,
+                 int64_t dim, float eps, void *sum, void *out) {
 	if (simd) {
-		ef_rms_norm_avx512(x, weight, dtype, r0, r1, dim, eps, out);
+		ef_rms_norm_avx512(x, add, weight, dtype, r0, r1, dim, eps, sum, out);
 	} else {
-		ef_rms_norm_scalar(x, weight, dtype, r0, r1, dim, eps, out);
+		ef_rms_norm_scalar(x, add, weight, dtype, r0, r1, dim, eps, sum, out);
 	}
 }
 

@@ -115,29 +115,56 @@ func rows(t *Tensor) int64 {
 // float32 whatever x's dtype, and the result is rounded to x's dtype, as
 // the reference implementations do; w has x's dtype.
 func (s *Scope) RMSNorm(x, w *Tensor, eps float64) *Tensor {
-	return s.rmsNorm(x, w, eps, kernelsBest)
+	_, out := s.rmsNorm(x, nil, w, eps, kernelsBest)
+	return out
 }
 
-func (s *Scope) rmsNorm(x, w *Tensor, eps float64, k kernels) *Tensor {
-	if !s.ready("rms_norm", x, w) {
-		return nil
+// AddRMSNorm is x + y (the residual stream, rounded to the dtype as Add
+// rounds it) and RMSNorm of that sum, in one pass over the rows.
+func (s *Scope) AddRMSNorm(x, y, w *Tensor, eps float64) (sum, normed *Tensor) {
+	return s.rmsNorm(x, y, w, eps, kernelsBest)
+}
+
+// rmsNorm is RMSNorm of x, or with add AddRMSNorm of x and add.
+func (s *Scope) rmsNorm(x, add, w *Tensor, eps float64, k kernels) (sum, normed *Tensor) {
+	in := []*Tensor{x, w}
+	if add != nil {
+		in = append(in, add)
 	}
-	if k == kernelsComposite || !s.fusable(x, w) || w.Numel() != x.Size(-1) {
+	if !s.ready("rms_norm", in...) {
+		return nil, nil
+	}
+	fused := k != kernelsComposite && s.fusable(in...) && w.Numel() == x.Size(-1) &&
+		(add == nil || slices.Equal(add.Shape(), x.Shape()))
+	if !fused {
+		if add != nil {
+			x = s.Add(x, add)
+		}
 		x32 := s.ToDType(x, Float32)
 		variance := s.MeanDim(s.Mul(x32, x32), true, -1)
 		y := s.Mul(x32, s.Rsqrt(s.AddScalar(variance, eps)))
-		return s.ToDType(s.Mul(s.ToDType(w, Float32), y), x.DType())
+		return x, s.ToDType(s.Mul(s.ToDType(w, Float32), y), x.DType())
 	}
 	out := s.emptyLike(x, x.Shape()...)
+	var padd, psum unsafe.Pointer
+	if add != nil {
+		if sum = s.emptyLike(x, x.Shape()...); sum == nil {
+			return nil, nil
+		}
+		padd, psum = data(add), data(sum)
+	}
 	if out == nil {
-		return nil
+		return nil, nil
 	}
 	px, pw, po, dim := data(x), data(w), data(out), x.Size(-1)
 	dtype, simd := C.int(x.DType()), k.simd()
 	parallelRows(rows(x), func(r0, r1 int64) {
-		C.ef_rms_norm(simd, px, pw, dtype, C.int64_t(r0), C.int64_t(r1), C.int64_t(dim), C.float(eps), po)
+		C.ef_rms_norm(simd, px, padd, pw, dtype, C.int64_t(r0), C.int64_t(r1), C.int64_t(dim), C.float(eps), psum, po)
 	})
-	return out
+	if add == nil {
+		sum = x
+	}
+	return sum, out
 }
 
 // SiluMul is silu(u[..., :ffn]) · u[..., ffn:] for u of last dimension

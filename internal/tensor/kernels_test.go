@@ -78,13 +78,19 @@ func TestRMSNormKernel(t *testing.T) {
 		s := NewScope()
 		x := s.ToDType(s.FromFloat32(randomFloats(r, 3*5*40, 2), []int64{3, 5, 40}, CPU), dtype)
 		w := s.ToDType(s.FromFloat32(randomFloats(r, 40, 1), []int64{40}, CPU), dtype)
-		want := s.Float32s(s.rmsNorm(x, w, 1e-5, kernelsComposite))
+		y := s.ToDType(s.FromFloat32(randomFloats(r, 3*5*40, 2), []int64{3, 5, 40}, CPU), dtype)
+		_, wantNorm := s.rmsNorm(x, nil, w, 1e-5, kernelsComposite)
+		wantSum, wantAddNorm := s.rmsNorm(x, y, w, 1e-5, kernelsComposite)
 		for _, c := range kernelCases {
-			got := s.Float32s(s.rmsNorm(x, w, 1e-5, c.k))
+			_, got := s.rmsNorm(x, nil, w, 1e-5, c.k)
+			sum, gotAdd := s.rmsNorm(x, y, w, 1e-5, c.k)
 			if err := s.Err(); err != nil {
 				t.Fatal(err)
 			}
-			closeEnough(t, "rms_norm "+dtype.String()+" "+c.name, dtype, got, want)
+			closeEnough(t, "rms_norm "+dtype.String()+" "+c.name, dtype, s.Float32s(got), s.Float32s(wantNorm))
+			// the sum is rounded as libtorch's Add rounds it: exactly
+			same(t, "add_rms_norm sum "+dtype.String()+" "+c.name, s.Float32s(sum), s.Float32s(wantSum))
+			closeEnough(t, "add_rms_norm "+dtype.String()+" "+c.name, dtype, s.Float32s(gotAdd), s.Float32s(wantAddNorm))
 		}
 		s.Close()
 	}
