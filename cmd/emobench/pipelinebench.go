@@ -61,7 +61,7 @@ func (c *pipelineBenchConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.clickhouseAddr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol address")
 	fs.IntVar(&c.rounds, "rounds", 3, "rounds (each: classifier alone, all-miss pass, cached pass); the last line gives medians")
 	fs.IntVar(&c.missMessages, "miss-messages", 1500, "fewest messages of the all-miss pass, each with a text of its own (new texts every round)")
-	fs.Float64Var(&c.missSeconds, "miss-seconds", 15, "size the all-miss pass to this much of the classifier's work at its measured pace, when that is more than -miss-messages (0: -miss-messages exactly)")
+	fs.Float64Var(&c.missSeconds, "miss-seconds", 30, "size the all-miss pass to this much of the classifier's work at its measured pace, when that is more than -miss-messages (0: -miss-messages exactly); capped by the distinct texts the data sets have")
 	fs.IntVar(&c.cachedMessages, "cached-messages", 200000, "messages of the cached pass (texts of the round's miss pass)")
 	fs.IntVar(&c.partitions, "partitions", 8, "partitions of the topics")
 	fs.IntVar(&c.producers, "producers", 4, "goroutines producing the chat messages")
@@ -161,15 +161,16 @@ func runPipelineBench(ctx context.Context, log *slog.Logger, args []string) (err
 	// The all-miss pass ends with the sink's flush interval and the last
 	// ClickHouse insert, a second or so whatever the pass's size: sized to
 	// the classifier's pace, that tail weighs the same with a fast model as
-	// with a slow one.
+	// with a slow one (about 3% of a 30 s pass).
 	missMessages := cfg.missMessages
 	if cfg.missSeconds > 0 {
 		pace, err := b.classifierAlone(ctx, calibration)
 		if err != nil {
 			return fmt.Errorf("calibration: %w", err)
 		}
-		missMessages = max(missMessages, int(pace*cfg.missSeconds))
-		fmt.Printf("calibration: the classifier alone computes %.1f texts/s; all-miss passes of %.0f s of that work\n", pace, cfg.missSeconds)
+		missMessages = max(missMessages, min(int(pace*cfg.missSeconds), len(texts)/cfg.rounds))
+		fmt.Printf("calibration: the classifier alone computes %.1f texts/s; all-miss passes of %.0f s of that work (%.0f s)\n",
+			pace, cfg.missSeconds, float64(missMessages)/pace)
 	}
 	if need := cfg.rounds * missMessages; need > len(texts) {
 		return fmt.Errorf("%d rounds of %d new texts need %d distinct texts; the data sets have %d", cfg.rounds, missMessages, need, len(texts))
