@@ -673,6 +673,34 @@ EF_AVX512BF16 static inline __m512i ef_bf16_pairs(__m256i a, __m256i b) {
 	return _mm512_or_si512(_mm512_cvtepu16_epi32(a), _mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
 }
 
+// ef_dot4x2 is the inner loop of both products of ef_attention_tasks_bf16dot:
+// for steps t (steps[0..n) or, without steps, 0..n), four broadcast
+// bfloat16 pairs a[i·astride + t] against two vectors of 16 pairs
+// b[t·bstride ..] and b[t·bstride + 16 ..], summed into out[2i] and
+// out[2i+1]. Eight independent sums keep the dot products' pipeline full.
+EF_AVX512BF16 static inline void ef_dot4x2(const uint32_t *a, int64_t astride, const uint32_t *b, int64_t bstride,
+                                           const uint32_t *steps, int64_t n, __m512 out[8]) {
+	__m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+	for (int64_t k = 0; k < n; k++) {
+		int64_t t = steps != NULL ? (int64_t)steps[k] : k;
+		__m512bh b0 = (__m512bh)_mm512_loadu_si512(b + t * bstride);
+		__m512bh b1 = (__m512bh)_mm512_loadu_si512(b + t * bstride + 16);
+		__m512bh a0 = (__m512bh)_mm512_set1_epi32((int)a[t]);
+		__m512bh a1 = (__m512bh)_mm512_set1_epi32((int)a[astride + t]);
+		__m512bh a2 = (__m512bh)_mm512_set1_epi32((int)a[2 * astride + t]);
+		__m512bh a3 = (__m512bh)_mm512_set1_epi32((int)a[3 * astride + t]);
+		s0 = _mm512_dpbf16_ps(s0, a0, b0);
+		s1 = _mm512_dpbf16_ps(s1, a0, b1);
+		s2 = _mm512_dpbf16_ps(s2, a1, b0);
+		s3 = _mm512_dpbf16_ps(s3, a1, b1);
+		s4 = _mm512_dpbf16_ps(s4, a2, b0);
+		s5 = _mm512_dpbf16_ps(s5, a2, b1);
+		s6 = _mm512_dpbf16_ps(s6, a3, b0);
+		s7 = _mm512_dpbf16_ps(s7, a3, b1);
+	}
+	out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
+}
+
 // ef_attention_tasks_bf16dot is ef_attention_tasks_avx512 for bfloat16 on
 // CPUs with AVX-512 BF16: the products of the scores and of the outputs go
 // through vdpbf16ps, two bfloat16 products a lane and instruction, which
@@ -742,27 +770,10 @@ EF_AVX512BF16 static int ef_attention_tasks_bf16dot(const ef_attention_args *a, 
 						any[i] |= vis[i][j];
 					}
 				}
-				// scores: sc[i][j] = q_i · k_j, rounded. 32 keys a step: eight
-				// independent sums keep the dot products' pipeline full.
+				// scores: sc[i][j] = q_i · k_j, rounded, 32 keys a step
 				for (int64_t j = 0; j < Tp; j += 32) {
-					__m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-					for (int64_t d2 = 0; d2 < hd2; d2++) {
-						__m512bh k0 = (__m512bh)_mm512_loadu_si512(kp + d2 * Tp + j);
-						__m512bh k1 = (__m512bh)_mm512_loadu_si512(kp + d2 * Tp + j + 16);
-						__m512bh q0 = (__m512bh)_mm512_set1_epi32((int)qp[d2]);
-						__m512bh q1 = (__m512bh)_mm512_set1_epi32((int)qp[hd2 + d2]);
-						__m512bh q2 = (__m512bh)_mm512_set1_epi32((int)qp[2 * hd2 + d2]);
-						__m512bh q3 = (__m512bh)_mm512_set1_epi32((int)qp[3 * hd2 + d2]);
-						s0 = _mm512_dpbf16_ps(s0, q0, k0);
-						s1 = _mm512_dpbf16_ps(s1, q0, k1);
-						s2 = _mm512_dpbf16_ps(s2, q1, k0);
-						s3 = _mm512_dpbf16_ps(s3, q1, k1);
-						s4 = _mm512_dpbf16_ps(s4, q2, k0);
-						s5 = _mm512_dpbf16_ps(s5, q2, k1);
-						s6 = _mm512_dpbf16_ps(s6, q3, k0);
-						s7 = _mm512_dpbf16_ps(s7, q3, k1);
-					}
-					__m512 ss[2 * NQ] = {s0, s1, s2, s3, s4, s5, s6, s7};
+					__m512 ss[2 * NQ];
+					ef_dot4x2(qp, hd2, kp + j, Tp, NULL, hd2, ss);
 					for (int i = 0; i < NQ; i++) {
 						_mm512_storeu_ps(sc + i * Tp + j, ef_v_round(ss[2 * i], EF_BF16));
 						_mm512_storeu_ps(sc + i * Tp + j + 16, ef_v_round(ss[2 * i + 1], EF_BF16));
@@ -797,27 +808,11 @@ EF_AVX512BF16 static int ef_attention_tasks_bf16dot(const ef_attention_args *a, 
 						pairs[np++] = (uint32_t)(j / 2);
 					}
 				}
-				// outputs: o[i] = Σ_j p[i][j] v_j, 32 dimensions a step
+				// outputs: o[i] = Σ_j p[i][j] v_j over the key pairs seen, 32
+				// dimensions a step
 				for (int64_t d = 0; d < hd; d += 32) {
-					__m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
-					for (int64_t n = 0; n < np; n++) {
-						int64_t j2 = pairs[n];
-						__m512bh v0 = (__m512bh)_mm512_loadu_si512(vp + j2 * hd + d);
-						__m512bh v1 = (__m512bh)_mm512_loadu_si512(vp + j2 * hd + d + 16);
-						__m512bh p0 = (__m512bh)_mm512_set1_epi32((int)pp[j2]);
-						__m512bh p1 = (__m512bh)_mm512_set1_epi32((int)pp[Tp2 + j2]);
-						__m512bh p2 = (__m512bh)_mm512_set1_epi32((int)pp[2 * Tp2 + j2]);
-						__m512bh p3 = (__m512bh)_mm512_set1_epi32((int)pp[3 * Tp2 + j2]);
-						o0 = _mm512_dpbf16_ps(o0, p0, v0);
-						o1 = _mm512_dpbf16_ps(o1, p0, v1);
-						o2 = _mm512_dpbf16_ps(o2, p1, v0);
-						o3 = _mm512_dpbf16_ps(o3, p1, v1);
-						o4 = _mm512_dpbf16_ps(o4, p2, v0);
-						o5 = _mm512_dpbf16_ps(o5, p2, v1);
-						o6 = _mm512_dpbf16_ps(o6, p3, v0);
-						o7 = _mm512_dpbf16_ps(o7, p3, v1);
-					}
-					__m512 os[2 * NQ] = {o0, o1, o2, o3, o4, o5, o6, o7};
+					__m512 os[2 * NQ];
+					ef_dot4x2(pp, Tp2, vp + d, hd, pairs, np, os);
 					for (int i = 0; i < nq; i++) {
 						uint16_t *o = (uint16_t *)a->out + (size_t)((b * a->L + l0 + i) * a->H + h) * (size_t)hd;
 						ef_v_store(o, EF_BF16, d, any[i] ? os[2 * i] : _mm512_setzero_ps(), 0xffff);
