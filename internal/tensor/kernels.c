@@ -575,6 +575,21 @@ EF_AVX512 static void ef_keys_avx512(const ef_attention_args *a, int64_t b, int6
 	}
 }
 
+// ef_query_block sets up queries l0 .. l0+nq-1 of batch row b, four at a
+// time: vis[i] is query i's visibility row (the first query's for i >= nq,
+// which are computed but never stored), any[i] whether it sees a key.
+static inline void ef_query_block(const ef_attention_args *a, int64_t b, int64_t l0, int nq, const uint8_t *vis[4],
+                                  int any[4]) {
+	int64_t T = a->P + a->L;
+	for (int i = 0; i < 4; i++) {
+		vis[i] = a->visible + (b * a->L + l0 + (i < nq ? i : 0)) * T;
+		any[i] = 0;
+		for (int64_t j = 0; i < nq && j < T; j++) {
+			any[i] |= vis[i][j];
+		}
+	}
+}
+
 // ef_attention_tasks_avx512 is ef_attention_tasks for AVX-512: the keys of
 // a task are transposed into kt [hd][Tp] (Tp: T rounded up to 16, zero
 // padded) and the values kept as vv [T][hd], both float32; queries go four
@@ -599,18 +614,14 @@ EF_AVX512 static int ef_attention_tasks_avx512(const ef_attention_args *a, int64
 			for (int64_t l0 = 0; l0 < a->L; l0 += NQ) {
 				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
 				const uint8_t *vis[NQ];
-				int any[NQ] = {0};
+				int any[NQ];
+				ef_query_block(a, b, l0, nq, vis, any);
 				for (int i = 0; i < NQ; i++) {
-					int64_t l = l0 + (i < nq ? i : 0);
-					vis[i] = a->visible + (b * a->L + l) * T;
-					int64_t qo = b * a->qs[0] + h * a->qs[1] + l * a->qs[2];
+					int64_t qo = b * a->qs[0] + h * a->qs[1] + (l0 + (i < nq ? i : 0)) * a->qs[2];
 					for (int64_t d = 0; d < hd; d += 16) {
 						__mmask16 m = ef_tail(hd - d);
 						__m512 q = ef_v_round(_mm512_mul_ps(ef_v_load(a->q, dtype, qo + d, m), _mm512_set1_ps(sq)), dtype);
 						_mm512_mask_storeu_ps(qv + i * hd + d, m, q);
-					}
-					for (int64_t j = 0; i < nq && j < T; j++) {
-						any[i] |= vis[i][j];
 					}
 				}
 				// scores: sc[i][j] = qv[i] · k_j, rounded
@@ -757,17 +768,13 @@ EF_AVX512BF16 static int ef_attention_tasks_bf16dot(const ef_attention_args *a, 
 			for (int64_t l0 = 0; l0 < a->L; l0 += NQ) {
 				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
 				const uint8_t *vis[NQ];
-				int any[NQ] = {0};
+				int any[NQ];
+				ef_query_block(a, b, l0, nq, vis, any);
 				for (int i = 0; i < NQ; i++) {
-					int64_t l = l0 + (i < nq ? i : 0);
-					vis[i] = a->visible + (b * a->L + l) * T;
-					int64_t qo = b * a->qs[0] + h * a->qs[1] + l * a->qs[2];
+					int64_t qo = b * a->qs[0] + h * a->qs[1] + (l0 + (i < nq ? i : 0)) * a->qs[2];
 					for (int64_t d = 0; d < hd; d += 16) {
 						__m256i q = ef_v_bf16(_mm512_mul_ps(ef_v_load(a->q, EF_BF16, qo + d, 0xffff), sq));
 						_mm256_storeu_si256((__m256i *)(qp + i * hd2 + d / 2), q);
-					}
-					for (int64_t j = 0; i < nq && j < T; j++) {
-						any[i] |= vis[i][j];
 					}
 				}
 				// scores: sc[i][j] = q_i · k_j, rounded, 32 keys a step
