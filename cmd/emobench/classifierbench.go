@@ -124,7 +124,7 @@ func runClassifierBench(ctx context.Context, log *slog.Logger, args []string) er
 			log.Error("stopping the classifier", "err", err)
 		}
 	}()
-	eng, err := newStaticEngine(modelDir, cls.MaxTextTokens)
+	eng, err := newStaticEngine(modelDir, cls)
 	if err != nil {
 		return err
 	}

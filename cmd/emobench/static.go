@@ -6,9 +6,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/emoflow/emoflow/internal/classifier"
 	"github.com/emoflow/emoflow/internal/model"
 	"github.com/emoflow/emoflow/internal/prompt"
-	"github.com/emoflow/emoflow/internal/tensor"
 	"github.com/emoflow/emoflow/internal/tokenizer"
 )
 
@@ -21,11 +21,14 @@ type staticEngine struct {
 	sc  *model.Scorer
 }
 
-// newStaticEngine loads the model in modelDir as the classifier does
-// (float32 on the CPU). libtorch's thread count is the process's, which the
-// classifier started in this process set (every core for one worker).
-func newStaticEngine(modelDir string, maxTextTokens int) (*staticEngine, error) {
-	m, err := model.Load(modelDir, model.Options{Device: tensor.CPU, DType: tensor.Float32})
+// newStaticEngine loads the model in modelDir as the classifier cls does:
+// its dtype, threads and lanes (cls.ModelOptions), its -max-text-tokens.
+func newStaticEngine(modelDir string, cls *classifier.Component) (*staticEngine, error) {
+	opts, err := cls.ModelOptions()
+	if err != nil {
+		return nil, fmt.Errorf("static baseline: %w", err)
+	}
+	m, err := model.Load(modelDir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("static baseline: %w", err)
 	}
@@ -39,7 +42,7 @@ func newStaticEngine(modelDir string, maxTextTokens int) (*staticEngine, error) 
 		m.Close()
 		return nil, fmt.Errorf("static baseline: %w", err)
 	}
-	sc, err := model.NewScorer(m, p, model.ScorerOptions{MaxTextTokens: maxTextTokens})
+	sc, err := model.NewScorer(m, p, model.ScorerOptions{MaxTextTokens: cls.MaxTextTokens})
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("static baseline: %w", err)

@@ -79,6 +79,11 @@ type Config struct {
 	QueueSize [2]int
 	// Workers is the number of batches computed at once.
 	Workers int
+	// PaddedTokens, when set, is how many tokens the runner computes for a
+	// batch of rows of these costs (a runner that splits a batch pads each
+	// part to its own longest row); nil: rows × the longest cost. It only
+	// feeds Batch.PaddedTokens, which the observer reports.
+	PaddedTokens func(costs []int) int
 }
 
 func (c *Config) validate() error {
@@ -127,7 +132,8 @@ type Batch[P any] struct {
 	// Priorities of the rows (a live batch may carry replay rows in spare
 	// room).
 	Priorities []Priority
-	// PaddedTokens is rows × longest row cost; RealTokens the sum of costs.
+	// PaddedTokens is the tokens computed (Config.PaddedTokens; by default
+	// rows × the longest row cost); RealTokens the sum of costs.
 	PaddedTokens, RealTokens int
 	// Waits is how long each row queued.
 	Waits []time.Duration
@@ -391,20 +397,24 @@ func (b *Batcher[P, R]) work(ctx context.Context) {
 // compute runs one batch and answers its items.
 func (b *Batcher[P, R]) compute(ctx context.Context, items []*item[P, R]) {
 	batch := &Batch[P]{Group: items[0].req.Group}
-	longest := 0
+	costs := make([]int, 0, len(items))
 	now := b.now()
 	for _, it := range items {
 		batch.Payloads = append(batch.Payloads, it.req.Payload)
 		batch.Priorities = append(batch.Priorities, it.req.Priority)
 		batch.RealTokens += it.req.Cost
+		costs = append(costs, it.req.Cost)
 		wait := now.Sub(it.enqueued)
 		batch.Waits = append(batch.Waits, wait)
-		longest = max(longest, it.req.Cost)
 		if b.obs != nil {
 			b.obs.Waited(it.req.Priority, wait)
 		}
 	}
-	batch.PaddedTokens = longest * len(items)
+	if b.cfg.PaddedTokens != nil {
+		batch.PaddedTokens = b.cfg.PaddedTokens(costs)
+	} else {
+		batch.PaddedTokens = slices.Max(costs) * len(items)
+	}
 	b.mu.Lock()
 	fresh := b.idleStaleLocked()
 	b.running++

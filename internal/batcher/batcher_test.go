@@ -614,3 +614,38 @@ func TestStalePaceIsMeasuredAgain(t *testing.T) {
 		t.Fatalf("backlog after a fast batch = %v, %v; want 10ms (the new pace alone)", d, ok)
 	}
 }
+
+// TestPaddedTokensAsTheRunnerLaysOut: a batch's PaddedTokens come from
+// Config.PaddedTokens (a runner that computes a batch in parts pads each to
+// its own longest row), not from rows × the longest cost.
+func TestPaddedTokensAsTheRunnerLaysOut(t *testing.T) {
+	e := &echo{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	cfg := baseConfig()
+	cfg.Workers = 1
+	halves := func(costs []int) int { // two halves in order of cost, each padded to its longest
+		s := slices.Sorted(slices.Values(costs))
+		h := len(s) / 2
+		if h == 0 {
+			return s[0]
+		}
+		return h*s[h-1] + (len(s)-h)*s[len(s)-1]
+	}
+	cfg.PaddedTokens = halves
+	b := newTest(t, cfg, e)
+	occupy(t, b, e)
+	costs := map[int]int{}
+	for i := 1; i <= 8; i++ {
+		costs[i] = 3 + 6*(i%2)
+	}
+	batches := runQueued(t, b, e, costs)
+	if len(batches) != 1 || len(batches[0].Payloads) != 8 {
+		t.Fatalf("batches %v, want one of all eight", batches)
+	}
+	var got []int
+	for _, p := range batches[0].Payloads {
+		got = append(got, costs[p])
+	}
+	if want := halves(got); batches[0].PaddedTokens != want || want == 8*9 {
+		t.Errorf("PaddedTokens %d, want the runner's %d (not rows × longest, 72)", batches[0].PaddedTokens, want)
+	}
+}

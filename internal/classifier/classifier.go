@@ -124,6 +124,31 @@ func (c *Component) validate() error {
 	return nil
 }
 
+// ModelOptions are the model.Options the flags ask for: the device, the
+// compute dtype (auto resolved for the device), the threads of a worker and
+// its lanes. The classifier benchmark's static baseline loads with them too.
+func (c *Component) ModelOptions() (model.Options, error) {
+	dev, err := tensor.ParseDevice(c.Device)
+	if err != nil {
+		return model.Options{}, err
+	}
+	dt := tensor.FastDType(dev)
+	if c.DType != "auto" {
+		if dt, err = tensor.ParseDType(c.DType); err != nil {
+			return model.Options{}, err
+		}
+	}
+	threads := c.Threads
+	if threads <= 0 {
+		threads = max(1, runtime.NumCPU()/c.Workers)
+	}
+	lanes := c.Lanes
+	if lanes == 0 {
+		lanes = threads
+	}
+	return model.Options{Device: dev, DType: dt, Threads: threads, Lanes: lanes}, nil
+}
+
 // Run loads the model, serves until ctx ends, then drains the queue.
 func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	if err := c.validate(); err != nil {
@@ -133,35 +158,22 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
-	dev, err := tensor.ParseDevice(c.Device)
+	opts, err := c.ModelOptions()
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
-	dt := tensor.FastDType(dev)
-	if c.DType != "auto" {
-		if dt, err = tensor.ParseDType(c.DType); err != nil {
-			return &service.ConfigError{Err: err}
-		}
-	}
+	opts.Logger = rt.Logger
 	tmpl := prompt.Default()
 	if c.PromptFile != "" {
 		if tmpl, err = prompt.Read(c.PromptFile); err != nil {
 			return &service.ConfigError{Err: err}
 		}
 	}
-	threads := c.Threads
-	if threads <= 0 {
-		threads = max(1, runtime.NumCPU()/c.Workers)
-	}
-	tensor.SetThreads(threads)
+	tensor.SetThreads(opts.Threads)
 
 	rt.SetNotReady("loading the model")
 	start := time.Now()
-	lanes := c.Lanes
-	if lanes == 0 {
-		lanes = threads
-	}
-	m, err := model.Load(c.ModelDir, model.Options{Device: dev, DType: dt, Threads: threads, Lanes: lanes, Logger: rt.Logger})
+	m, err := model.Load(c.ModelDir, opts)
 	if err != nil {
 		return fmt.Errorf("load model: %w", err)
 	}
@@ -183,7 +195,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	defer reg.Close()
 	eng := &engine{model: m, reg: reg}
 	rt.Logger.Info("model loaded", "model", m.ID(), "arch", m.Config().Arch, "layers", m.Config().Layers,
-		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", dt.String(), "device", dev.String(), "threads", threads, "lanes", lanes,
+		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", opts.DType.String(), "device", opts.Device.String(), "threads", opts.Threads, "lanes", opts.Lanes,
 		"tokenizer", tok.Family(), "template", tmpl.Name, "labels", tmpl.Labels, "took", time.Since(start).Round(time.Millisecond).String())
 	if c.AdaptersDir != "" {
 		reg.Sync(c.AdaptersDir)
@@ -206,7 +218,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	b, err := batcher.New(batcher.Config{
 		MaxRows: c.MaxBatchRows, MaxTokens: c.MaxBatchTokens,
 		RowOverhead: labelBlockTokens(reg), MinFill: c.BatchMinFill, Window: c.BatchWindow * c.MaxBatchRows, MaxDelay: c.MaxQueueDelay,
-		QueueSize: [2]int{c.QueueLive, c.QueueReplay}, Workers: c.Workers,
+		QueueSize: [2]int{c.QueueLive, c.QueueReplay}, Workers: c.Workers, PaddedTokens: m.PaddedTokens,
 	}, eng.run, met)
 	if err != nil {
 		return &service.ConfigError{Err: err}

@@ -272,7 +272,7 @@ func ScoreRows(rows []Row) ([]Result, error) {
 			return nil, fmt.Errorf("score: rows of different models in one batch")
 		}
 	}
-	lanes := min(m.opts.Lanes, m.opts.Threads, len(rows)/minLaneRows)
+	lanes := m.lanesFor(len(rows))
 	if lanes <= 1 {
 		return scoreLane(m, rows, m.opts.Threads)
 	}
@@ -320,6 +320,25 @@ func ScoreRows(rows []Row) ([]Result, error) {
 // save (on the benchmark model, lanes gain from 16 rows each and lose at 4
 // and 8).
 const minLaneRows = 16
+
+// lanesFor is how many lanes ScoreRows splits a batch of n rows into.
+func (m *Model) lanesFor(n int) int {
+	return max(1, min(m.opts.Lanes, m.opts.Threads, n/minLaneRows))
+}
+
+// PaddedTokens is how many tokens ScoreRows computes for rows of these
+// lengths (Scorer.RowTokens, without label blocks): each lane takes its
+// share of the rows in order of length and pads them to its longest.
+func (m *Model) PaddedTokens(rowTokens []int) int {
+	sorted := slices.Sorted(slices.Values(rowTokens))
+	n, lanes, total := len(sorted), m.lanesFor(len(sorted)), 0
+	for i := range lanes {
+		if lane := sorted[i*n/lanes : (i+1)*n/lanes]; len(lane) > 0 {
+			total += len(lane) * lane[len(lane)-1]
+		}
+	}
+	return total
+}
 
 // scoreLane scores rows in one forward pass on the calling goroutine's
 // thread with threads intra-op threads.

@@ -434,3 +434,34 @@ func TestLanesScoreLikeOneGroup(t *testing.T) {
 		t.Errorf("an empty text in the last lane: err = %v, want ErrEmptyText", err)
 	}
 }
+
+// TestPaddedTokensFollowTheLanes: PaddedTokens counts what ScoreRows
+// computes: one lane pads every row to the longest; lanes (from 16 rows
+// each) take the rows in order of length and pad to their own longest.
+func TestPaddedTokensFollowTheLanes(t *testing.T) {
+	dir := t.TempDir()
+	if err := randmodel.Write(dir, tinySpec("chatglm2")); err != nil {
+		t.Fatal(err)
+	}
+	load := func(threads, lanes int) *Model {
+		m, err := Load(dir, Options{DType: tensor.Float32, Threads: threads, Lanes: lanes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(m.Close)
+		return m
+	}
+	var rows []int // 16 long rows, then 16 short ones
+	for i := range 32 {
+		rows = append(rows, 50-45*(i/16))
+	}
+	if got := load(2, 1).PaddedTokens(rows); got != 32*50 {
+		t.Errorf("one lane: %d tokens, want %d", got, 32*50)
+	}
+	if got := load(2, 2).PaddedTokens(rows); got != 16*5+16*50 {
+		t.Errorf("two lanes: %d tokens, want %d", got, 16*5+16*50)
+	}
+	if got := load(2, 2).PaddedTokens(rows[:20]); got != 20*50 {
+		t.Errorf("20 rows, too few for two lanes: %d tokens, want %d", got, 20*50)
+	}
+}
