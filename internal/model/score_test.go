@@ -362,18 +362,7 @@ func TestGenerateMatchesFullRecomputation(t *testing.T) {
 // at once on their own threads) gives every row its own result, in order,
 // as one forward pass does; a bad row in any lane fails the batch.
 func TestLanesScoreLikeOneGroup(t *testing.T) {
-	dir := t.TempDir()
-	if err := randmodel.Write(dir, tinySpec("chatglm2")); err != nil {
-		t.Fatal(err)
-	}
-	load := func(threads, lanes int) *Model {
-		m, err := Load(dir, Options{DType: tensor.Float32, Threads: threads, Lanes: lanes})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(m.Close)
-		return m
-	}
+	load := tinyWithLanes(t)
 	rowsOf := func(m *Model) []Row {
 		shared, err := NewScorer(m, testPrompt(m), ScorerOptions{})
 		if err != nil {
@@ -439,18 +428,7 @@ func TestLanesScoreLikeOneGroup(t *testing.T) {
 // computes: one lane pads every row to the longest; lanes (from 16 rows
 // each) take the rows in order of length and pad to their own longest.
 func TestPaddedTokensFollowTheLanes(t *testing.T) {
-	dir := t.TempDir()
-	if err := randmodel.Write(dir, tinySpec("chatglm2")); err != nil {
-		t.Fatal(err)
-	}
-	load := func(threads, lanes int) *Model {
-		m, err := Load(dir, Options{DType: tensor.Float32, Threads: threads, Lanes: lanes})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(m.Close)
-		return m
-	}
+	load := tinyWithLanes(t)
 	var rows []int // 16 long rows, then 16 short ones
 	for i := range 32 {
 		rows = append(rows, 50-45*(i/16))
@@ -463,5 +441,23 @@ func TestPaddedTokensFollowTheLanes(t *testing.T) {
 	}
 	if got := load(2, 2).PaddedTokens(rows[:20]); got != 20*50 {
 		t.Errorf("20 rows, too few for two lanes: %d tokens, want %d", got, 20*50)
+	}
+}
+
+// tinyWithLanes writes a tiny chatglm2 model and returns a loader of it
+// with the given threads and lanes (float32).
+func tinyWithLanes(t *testing.T) func(threads, lanes int) *Model {
+	t.Helper()
+	dir := t.TempDir()
+	if err := randmodel.Write(dir, tinySpec("chatglm2")); err != nil {
+		t.Fatal(err)
+	}
+	return func(threads, lanes int) *Model {
+		m, err := Load(dir, Options{DType: tensor.Float32, Threads: threads, Lanes: lanes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(m.Close)
+		return m
 	}
 }
