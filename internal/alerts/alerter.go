@@ -20,15 +20,8 @@ import (
 // config is the alerter's configuration; every field is a flag (see
 // RegisterFlags) and an EMOFLOW_* environment variable.
 type config struct {
-	KafkaBrokers           string
-	EventsTopic            string
-	GroupID                string
-	AlertsTopic            string
-	DeadLetterTopic        string
-	CreateTopics           bool
-	TopicPartitions        int
-	TopicReplicationFactor int
-	KafkaSessionTimeout    time.Duration
+	stage.ConsumerFlags
+	AlertsTopic string
 
 	RulesFile string
 	Adapter   string
@@ -46,12 +39,8 @@ type config struct {
 	Redis      secure.Redis
 	ClickHouse secure.ClickHouse
 
-	BatchSize     int
-	FlushInterval time.Duration
 	ReorderWindow time.Duration
 	StepTimeout   time.Duration
-	DrainTimeout  time.Duration
-	MaxEventBytes int
 }
 
 // Component is the alerter as a service.Component.
@@ -61,15 +50,13 @@ type Component struct {
 
 // RegisterFlags declares the alerter's flags.
 func (c *Component) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.cfg.KafkaBrokers, "kafka-brokers", "127.0.0.1:19092", "Kafka bootstrap brokers, comma-separated")
-	fs.StringVar(&c.cfg.EventsTopic, "events-topic", "emotion.events", "topic of the emotion events the rules read")
-	fs.StringVar(&c.cfg.GroupID, "group-id", "emoflow-alerter", "Kafka consumer group of the alerters; alerters in one group share the partitions")
+	c.cfg.ConsumerFlags.Register(fs, stage.ConsumerDefaults{
+		Role: "alerter", EventsUse: "the rules read", GroupID: "emoflow-alerter",
+		DeadLetterTopic: "emotion.events.alerter-dead-letter", DeadLetterUse: "events the alerter cannot read", Topics: "events, alerts and dead-letter",
+		BatchSize: 1000, BatchUse: "most events per batch (one state load, one publish, one insert, one state save, one commit)",
+		FlushInterval: 200 * time.Millisecond, DrainUse: "finish and commit",
+	})
 	fs.StringVar(&c.cfg.AlertsTopic, "alerts-topic", "emotion.alerts", "topic the alerts are published to (key = conversation id)")
-	fs.StringVar(&c.cfg.DeadLetterTopic, "dead-letter-topic", "emotion.events.alerter-dead-letter", "topic that receives events the alerter cannot read, with a reason header")
-	fs.BoolVar(&c.cfg.CreateTopics, "create-topics", true, "create the events, alerts and dead-letter topics at start-up if they are missing")
-	fs.IntVar(&c.cfg.TopicPartitions, "topic-partitions", 4, "partitions of the topics the alerter creates")
-	fs.IntVar(&c.cfg.TopicReplicationFactor, "topic-replication-factor", 1, "replication factor of the topics the alerter creates")
-	fs.DurationVar(&c.cfg.KafkaSessionTimeout, "kafka-session-timeout", 10*time.Second, "consumer group session timeout: how soon the partitions of an alerter that died are handed to the others")
 	fs.StringVar(&c.cfg.RulesFile, "rules", "", "escalation rules file (JSON; see the README, \"Escalation alerts\"); required")
 	fs.StringVar(&c.cfg.Adapter, "adapter", "", "only events of this adapter count: \"id\" (any version) or \"id@version\"; empty: every adapter")
 	fs.StringVar(&c.cfg.RedisAddr, "redis-addr", "127.0.0.1:16379", "Redis address (host:port) of the conversation states")
@@ -80,12 +67,8 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	c.cfg.Kafka.Register(fs)
 	c.cfg.Redis.Register(fs)
 	c.cfg.ClickHouse.Register(fs)
-	fs.IntVar(&c.cfg.BatchSize, "batch-size", 1000, "most events per batch (one state load, one publish, one insert, one state save, one commit)")
-	fs.DurationVar(&c.cfg.FlushInterval, "flush-interval", 200*time.Millisecond, "longest wait for a batch to fill after its first event")
 	fs.DurationVar(&c.cfg.ReorderWindow, "reorder-window", 2*time.Second, "how long an event waits before it is applied, so that events of earlier messages of its conversation published after it are applied first; alerts come this much later; 0: at once (such events are then skipped as late)")
 	fs.DurationVar(&c.cfg.StepTimeout, "step-timeout", 10*time.Second, "bound on each attempt of a batch step (Redis, Kafka, ClickHouse); failed steps are retried")
-	fs.DurationVar(&c.cfg.DrainTimeout, "drain-timeout", 20*time.Second, "on shutdown, how long to keep trying to finish and commit the batch in hand; keep it below -shutdown-timeout")
-	fs.IntVar(&c.cfg.MaxEventBytes, "max-event-bytes", 1<<20, "largest event accepted; larger ones go to the dead-letter topic")
 }
 
 func (cfg *config) validate() error {
@@ -95,28 +78,17 @@ func (cfg *config) validate() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	check(len(stage.SplitList(cfg.KafkaBrokers)) > 0, "-kafka-brokers is empty")
-	check(cfg.EventsTopic != "", "-events-topic is empty")
+	cfg.ConsumerFlags.Check(check)
 	check(cfg.AlertsTopic != "", "-alerts-topic is empty")
-	check(cfg.DeadLetterTopic != "", "-dead-letter-topic is empty")
-	check(cfg.AlertsTopic != cfg.EventsTopic && cfg.DeadLetterTopic != cfg.EventsTopic && cfg.DeadLetterTopic != cfg.AlertsTopic,
-		"-events-topic, -alerts-topic and -dead-letter-topic must differ")
-	check(cfg.GroupID != "", "-group-id is empty")
-	check(cfg.TopicPartitions > 0, "-topic-partitions must be positive")
-	check(cfg.TopicReplicationFactor > 0, "-topic-replication-factor must be positive")
-	check(cfg.KafkaSessionTimeout > 0, "-kafka-session-timeout must be positive")
+	check(cfg.AlertsTopic != cfg.EventsTopic && cfg.AlertsTopic != cfg.DeadLetterTopic, "-alerts-topic must differ from -events-topic and -dead-letter-topic")
 	check(cfg.RulesFile != "", "-rules is required: the escalation rules file")
 	check(cfg.RedisAddr != "", "-redis-addr is empty")
 	check(cfg.RedisKeyPrefix != "", "-redis-key-prefix is empty")
 	check(cfg.StateTTL >= time.Second, "-state-ttl must be at least 1s")
 	check(len(stage.SplitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
 	check(databaseName.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
-	check(cfg.BatchSize > 0, "-batch-size must be positive")
-	check(cfg.FlushInterval > 0, "-flush-interval must be positive")
 	check(cfg.ReorderWindow >= 0, "-reorder-window must not be negative")
 	check(cfg.StepTimeout > 0, "-step-timeout must be positive")
-	check(cfg.DrainTimeout > 0, "-drain-timeout must be positive")
-	check(cfg.MaxEventBytes > 0, "-max-event-bytes must be positive")
 	return errors.Join(errs...)
 }
 

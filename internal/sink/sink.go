@@ -31,14 +31,7 @@ const kafkaTimeout = 10 * time.Second
 // config is the sink's configuration; every field is a flag (see
 // RegisterFlags) and an EMOFLOW_* environment variable.
 type config struct {
-	KafkaBrokers           string
-	EventsTopic            string
-	GroupID                string
-	DeadLetterTopic        string
-	CreateTopics           bool
-	TopicPartitions        int
-	TopicReplicationFactor int
-	KafkaSessionTimeout    time.Duration
+	stage.ConsumerFlags
 
 	ClickHouseAddr     string
 	ClickHouseDatabase string
@@ -48,11 +41,7 @@ type config struct {
 	ClickHouse secure.ClickHouse
 	Kafka      secure.Kafka
 
-	BatchSize      int
-	FlushInterval  time.Duration
 	InsertTimeout  time.Duration
-	DrainTimeout   time.Duration
-	MaxEventBytes  int
 	HealthInterval time.Duration
 }
 
@@ -63,24 +52,17 @@ type Component struct {
 
 // RegisterFlags declares the sink's flags.
 func (c *Component) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.cfg.KafkaBrokers, "kafka-brokers", "127.0.0.1:19092", "Kafka bootstrap brokers, comma-separated")
-	fs.StringVar(&c.cfg.EventsTopic, "events-topic", "emotion.events", "topic of the emotion events to store")
-	fs.StringVar(&c.cfg.GroupID, "group-id", "emoflow-sink", "Kafka consumer group of the sinks; sinks in one group share the partitions")
-	fs.StringVar(&c.cfg.DeadLetterTopic, "dead-letter-topic", "emotion.events.dead-letter", "topic that receives malformed events, with a reason header")
-	fs.BoolVar(&c.cfg.CreateTopics, "create-topics", true, "create the events and dead-letter topics at start-up if they are missing")
-	fs.IntVar(&c.cfg.TopicPartitions, "topic-partitions", 4, "partitions of the topics the sink creates")
-	fs.IntVar(&c.cfg.TopicReplicationFactor, "topic-replication-factor", 1, "replication factor of the topics the sink creates")
-	fs.DurationVar(&c.cfg.KafkaSessionTimeout, "kafka-session-timeout", 10*time.Second, "consumer group session timeout: how soon the partitions of a sink that died are handed to the others (the broker allows 6s to 30m by default)")
+	c.cfg.ConsumerFlags.Register(fs, stage.ConsumerDefaults{
+		Role: "sink", EventsUse: "to store", GroupID: "emoflow-sink",
+		DeadLetterTopic: "emotion.events.dead-letter", DeadLetterUse: "malformed events", Topics: "events and dead-letter",
+		BatchSize: 5000, BatchUse: "most events per ClickHouse insert", FlushInterval: time.Second, DrainUse: "store and commit",
+	})
 	fs.StringVar(&c.cfg.ClickHouseAddr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol addresses, comma-separated")
 	fs.StringVar(&c.cfg.ClickHouseDatabase, "clickhouse-database", "emoflow", "ClickHouse database of the sink's tables; created if missing")
 	fs.StringVar(&c.cfg.ClickHouseCluster, "clickhouse-cluster", "", "ClickHouse cluster (remote_servers) to create the schema on: replicated tables ON CLUSTER with Distributed tables in front; empty for a single server")
 	c.cfg.ClickHouse.Register(fs)
 	c.cfg.Kafka.Register(fs)
-	fs.IntVar(&c.cfg.BatchSize, "batch-size", 5000, "most events per ClickHouse insert")
-	fs.DurationVar(&c.cfg.FlushInterval, "flush-interval", time.Second, "longest wait for a batch to fill after its first event")
 	fs.DurationVar(&c.cfg.InsertTimeout, "insert-timeout", 30*time.Second, "bound on each ClickHouse insert attempt and statement")
-	fs.DurationVar(&c.cfg.DrainTimeout, "drain-timeout", 20*time.Second, "on shutdown, how long to keep trying to store and commit the batch in hand; keep it below -shutdown-timeout")
-	fs.IntVar(&c.cfg.MaxEventBytes, "max-event-bytes", 1<<20, "largest event accepted; larger ones go to the dead-letter topic")
 	fs.DurationVar(&c.cfg.HealthInterval, "health-interval", 5*time.Second, "how often ClickHouse is pinged for /readyz")
 }
 
@@ -91,22 +73,11 @@ func (cfg *config) validate() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	check(len(stage.SplitList(cfg.KafkaBrokers)) > 0, "-kafka-brokers is empty")
-	check(cfg.EventsTopic != "", "-events-topic is empty")
-	check(cfg.DeadLetterTopic != "", "-dead-letter-topic is empty")
-	check(cfg.DeadLetterTopic != cfg.EventsTopic, "-dead-letter-topic must differ from -events-topic")
-	check(cfg.GroupID != "", "-group-id is empty")
-	check(cfg.TopicPartitions > 0, "-topic-partitions must be positive")
-	check(cfg.TopicReplicationFactor > 0, "-topic-replication-factor must be positive")
-	check(cfg.KafkaSessionTimeout > 0, "-kafka-session-timeout must be positive")
+	cfg.ConsumerFlags.Check(check)
 	check(len(stage.SplitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
 	check(identifier.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
 	check(cfg.ClickHouseCluster == "" || identifier.MatchString(cfg.ClickHouseCluster), "-clickhouse-cluster %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseCluster)
-	check(cfg.BatchSize > 0, "-batch-size must be positive")
-	check(cfg.FlushInterval > 0, "-flush-interval must be positive")
 	check(cfg.InsertTimeout > 0, "-insert-timeout must be positive")
-	check(cfg.DrainTimeout > 0, "-drain-timeout must be positive")
-	check(cfg.MaxEventBytes > 0, "-max-event-bytes must be positive")
 	check(cfg.HealthInterval > 0, "-health-interval must be positive")
 	return errors.Join(errs...)
 }
