@@ -197,7 +197,7 @@ func runEngineBench(ctx context.Context, args []string) error {
 	if err := b.measure(ctx); err != nil {
 		return err
 	}
-	b.hfRatio = printEngineReport(o, w, b.labelBlock, b.passes, b.agreement)
+	b.hfRatio = printEngineReport(o, w, b.labelBlock, b.padded, b.passes, b.agreement)
 	if b.engineF32 != nil && b.engineBF16 != nil {
 		// bfloat16's precision, against the engine's own float32.
 		a, err := compareLogProbs(tensor.BFloat16, b.engineBF16, b.engineF32)
@@ -222,9 +222,12 @@ type engineBench struct {
 	w          *engineWorkload
 	scorers    map[tensor.DType]*model.Scorer
 	labelBlock int // the engine's label block, in tokens
-	closers    []func()
-	hf         *hfSide
-	ccpp       *ccppSide
+	// padded is the engine model's PaddedTokens (the same lanes in every
+	// dtype), for the report's work per message.
+	padded  func(rowTokens []int) int
+	closers []func()
+	hf      *hfSide
+	ccpp    *ccppSide
 
 	workloadPath string
 
@@ -251,6 +254,7 @@ func (b *engineBench) loadEngine(modelDir string, p model.Prompt) error {
 		}
 		b.closers = append(b.closers, sc.Close)
 		b.labelBlock = sc.LabelTokens()
+		b.padded = m.PaddedTokens
 		if _, err := sc.Score(b.w.batches(slices.Max(b.o.batches))[0]); err != nil {
 			return err
 		}

@@ -82,8 +82,9 @@ func (wk engineWork) String() string {
 
 // engineWorkOf counts the tokens a configuration puts through the blocks
 // and the output layer, per message. labelBlock is the engine's label
-// block; lanes its lanes (model.ScoreRows pads each to its own longest row).
-func engineWorkOf(w *engineWorkload, c engineConfig, labelBlock, lanes int) engineWork {
+// block; padded is the engine model's PaddedTokens (its lanes pad each to
+// its own longest row).
+func engineWorkOf(w *engineWorkload, c engineConfig, labelBlock int, padded func(rowTokens []int) int) engineWork {
 	var wk engineWork
 	K := len(w.Labels)
 	labelTotal, labelMax := 0, 0
@@ -103,14 +104,12 @@ func engineWorkOf(w *engineWorkload, c engineConfig, labelBlock, lanes int) engi
 		case c.side == "engine":
 			// The prefix is in the shared past; every label-block position
 			// and the last prompt token predict something.
-			n := min(lanes, len(b))
-			for i := range n {
-				lane, longest := b[i*len(b)/n:(i+1)*len(b)/n], 0
-				for _, t := range lane {
-					longest = max(longest, len(t))
-				}
-				wk.blockTokens += float64(len(lane) * (longest + len(w.Suffix) + labelBlock))
+			rowTokens := make([]int, len(b))
+			for r, t := range b {
+				rowTokens[r] = len(t) + len(w.Suffix)
 			}
+			wk.blockTokens += float64(padded(rowTokens) + len(b)*labelBlock)
+
 			wk.realTokens += float64(real) + rows*float64(len(w.Suffix)+labelBlock)
 			wk.outputRows += rows * float64(1+labelBlock)
 		case c.strategy == "kv" || c.strategy == "kv-shared":
@@ -160,7 +159,7 @@ type enginePass struct {
 // printEngineReport prints the medians, the best configuration of each
 // side per dtype and their ratios, and returns engine_vs_hf_eager (printed
 // last, by printEngineVsHF).
-func printEngineReport(o engineOptions, w *engineWorkload, labelBlock int, passes map[engineConfig][]enginePass, agreement map[tensor.DType]string) float64 {
+func printEngineReport(o engineOptions, w *engineWorkload, labelBlock int, padded func([]int) int, passes map[engineConfig][]enginePass, agreement map[tensor.DType]string) float64 {
 	var configs []engineConfig
 	for c := range passes {
 		configs = append(configs, c)
@@ -213,13 +212,13 @@ func printEngineReport(o engineOptions, w *engineWorkload, labelBlock int, passe
 			fastest, fastestRate = dt, ev
 		}
 		fmt.Printf("%s: engine best at batch %d: %.1f msgs/s, %.1f CPU ms per message\n", dt, ec.batch, ev, medianCPU(ec))
-		fmt.Printf("  engine work per message:       %s\n", engineWorkOf(w, ec, labelBlock, min(o.lanes, o.threads)))
+		fmt.Printf("  engine work per message:       %s\n", engineWorkOf(w, ec, labelBlock, padded))
 		if !o.withHF {
 			continue
 		}
 		hc, hv := best("transformers", dt, -1)
 		fmt.Printf("  transformers best: %s, batch %d: %.1f msgs/s, %.1f CPU ms per message\n", hc.strategy, hc.batch, hv, medianCPU(hc))
-		fmt.Printf("  transformers work per message: %s\n", engineWorkOf(w, hc, labelBlock, 1))
+		fmt.Printf("  transformers work per message: %s\n", engineWorkOf(w, hc, labelBlock, nil))
 		fmt.Printf("  agreement of the label log-probabilities: %s\n", agreement[dt])
 		// Each round's best against best: the two sides' passes of a round
 		// ran minutes apart at most, under about the same load.
