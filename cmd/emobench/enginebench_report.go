@@ -39,7 +39,7 @@ func describeEngineBench(w *engineWorkload, p model.Prompt, tok tokenizer.Tokeni
 	fmt.Printf("threads: %d on each side (OMP_WAIT_POLICY %s); %d passes per configuration, medians reported\n", o.threads, policy, o.repeats)
 	lanes := "every operation split across the threads"
 	if l := min(o.lanes, o.threads); l > 1 {
-		lanes = fmt.Sprintf("a batch's rows split into %d lanes computed at once on %d thread(s) each", l, max(1, o.threads/l))
+		lanes = fmt.Sprintf("a batch's rows split into %d lanes computed at once on %d thread(s) each (from 16 rows a lane)", l, max(1, o.threads/l))
 	}
 	fmt.Printf("engine: %s; fused CPU kernels %s, C heap %s (the Python peers get the same glibc settings)\n", lanes, tensor.FusedKernels(), tensor.HostMemory())
 	if o.withHF {

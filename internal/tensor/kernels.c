@@ -590,6 +590,14 @@ static inline void ef_query_block(const ef_attention_args *a, int64_t b, int64_t
 	}
 }
 
+// ef_v_query is dimensions [d, d+16) of query (b, h, l), scaled by sq
+// (sqrt of the scale) and rounded, as both AVX-512 versions read it.
+EF_AVX512 static inline __m512 ef_v_query(const ef_attention_args *a, int64_t b, int64_t h, int64_t l, int64_t d, __m512 sq,
+                                         __mmask16 m) {
+	int64_t qo = b * a->qs[0] + h * a->qs[1] + l * a->qs[2];
+	return ef_v_round(_mm512_mul_ps(ef_v_load(a->q, a->dtype, qo + d, m), sq), a->dtype);
+}
+
 // ef_attention_tasks_avx512 is ef_attention_tasks for AVX-512: the keys of
 // a task are transposed into kt [hd][Tp] (Tp: T rounded up to 16, zero
 // padded) and the values kept as vv [T][hd], both float32; queries go four
@@ -617,10 +625,9 @@ EF_AVX512 static int ef_attention_tasks_avx512(const ef_attention_args *a, int64
 				int any[NQ];
 				ef_query_block(a, b, l0, nq, vis, any);
 				for (int i = 0; i < NQ; i++) {
-					int64_t qo = b * a->qs[0] + h * a->qs[1] + (l0 + (i < nq ? i : 0)) * a->qs[2];
 					for (int64_t d = 0; d < hd; d += 16) {
 						__mmask16 m = ef_tail(hd - d);
-						__m512 q = ef_v_round(_mm512_mul_ps(ef_v_load(a->q, dtype, qo + d, m), _mm512_set1_ps(sq)), dtype);
+						__m512 q = ef_v_query(a, b, h, l0 + (i < nq ? i : 0), d, _mm512_set1_ps(sq), m);
 						_mm512_mask_storeu_ps(qv + i * hd + d, m, q);
 					}
 				}
@@ -771,9 +778,9 @@ EF_AVX512BF16 static int ef_attention_tasks_bf16dot(const ef_attention_args *a, 
 				int any[NQ];
 				ef_query_block(a, b, l0, nq, vis, any);
 				for (int i = 0; i < NQ; i++) {
-					int64_t qo = b * a->qs[0] + h * a->qs[1] + (l0 + (i < nq ? i : 0)) * a->qs[2];
 					for (int64_t d = 0; d < hd; d += 16) {
-						__m256i q = ef_v_bf16(_mm512_mul_ps(ef_v_load(a->q, EF_BF16, qo + d, 0xffff), sq));
+						// already rounded: its bfloat16 bits are exact
+						__m256i q = ef_v_bf16(ef_v_query(a, b, h, l0 + (i < nq ? i : 0), d, sq, 0xffff));
 						_mm256_storeu_si256((__m256i *)(qp + i * hd2 + d / 2), q);
 					}
 				}
