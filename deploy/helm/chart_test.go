@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -74,6 +75,7 @@ type rendered struct {
 	services        map[string]*corev1.Service
 	pdbs            map[string]*policyv1.PodDisruptionBudget
 	secrets         []*corev1.Secret
+	configMaps      map[string]*corev1.ConfigMap // by component
 	serviceAccounts []*corev1.ServiceAccount
 	scaledObjects   map[string]*scaledObject
 	serviceMonitors map[string]*monitoringv1.ServiceMonitor
@@ -104,6 +106,7 @@ func render(t *testing.T, values map[string]any) (*rendered, error) {
 		deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
 		pdbs: map[string]*policyv1.PodDisruptionBudget{}, scaledObjects: map[string]*scaledObject{},
 		serviceMonitors: map[string]*monitoringv1.ServiceMonitor{}, triggerAuths: map[string]*triggerAuthentication{},
+		configMaps: map[string]*corev1.ConfigMap{},
 	}
 	names := slices.Sorted(func(yield func(string) bool) {
 		for k := range files {
@@ -159,6 +162,12 @@ func (r *rendered) add(doc []byte) error {
 			return err
 		}
 		r.secrets = append(r.secrets, &o)
+	case "v1 ConfigMap":
+		var o corev1.ConfigMap
+		if err := yaml.UnmarshalStrict(doc, &o); err != nil {
+			return err
+		}
+		r.configMaps[component(o.ObjectMeta)] = &o
 	case "v1 ServiceAccount":
 		var o corev1.ServiceAccount
 		if err := yaml.UnmarshalStrict(doc, &o); err != nil {
@@ -217,7 +226,7 @@ func flagReference(t *testing.T) map[string]map[string]string {
 			ref[binary][m[1]] = strings.TrimSpace(m[2])
 		}
 	}
-	for _, b := range []string{"ingest", "classifier", "sink"} {
+	for _, b := range []string{"ingest", "classifier", "sink", "alerter"} {
 		if len(ref[b]) < 10 {
 			t.Fatalf("README configuration reference: found %d variables of %s", len(ref[b]), b)
 		}
@@ -251,10 +260,10 @@ func TestChart(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := flagReference(t)
-	components := []string{"classifier", "ingest", "sink"}
-	if len(r.deployments) != 3 || len(r.services) != 3 || len(r.pdbs) != 3 || len(r.serviceMonitors) != 3 || len(r.scaledObjects) != 2 || len(r.secrets) != 1 || len(r.serviceAccounts) != 1 {
-		t.Fatalf("rendered %d deployments, %d services, %d PDBs, %d ServiceMonitors, %d ScaledObjects, %d secrets, %d service accounts; want 3, 3, 3, 3, 2, 1, 1",
-			len(r.deployments), len(r.services), len(r.pdbs), len(r.serviceMonitors), len(r.scaledObjects), len(r.secrets), len(r.serviceAccounts))
+	components := []string{"classifier", "ingest", "sink", "alerter"}
+	if len(r.deployments) != 4 || len(r.services) != 4 || len(r.pdbs) != 4 || len(r.serviceMonitors) != 4 || len(r.scaledObjects) != 3 || len(r.secrets) != 1 || len(r.serviceAccounts) != 1 || len(r.configMaps) != 1 {
+		t.Fatalf("rendered %d deployments, %d services, %d PDBs, %d ServiceMonitors, %d ScaledObjects, %d secrets, %d service accounts, %d ConfigMaps; want 4, 4, 4, 4, 3, 1, 1, 1",
+			len(r.deployments), len(r.services), len(r.pdbs), len(r.serviceMonitors), len(r.scaledObjects), len(r.secrets), len(r.serviceAccounts), len(r.configMaps))
 	}
 	secret := r.secrets[0]
 	for _, name := range components {
@@ -322,11 +331,11 @@ func TestChart(t *testing.T) {
 		t.Errorf("classifier rollout may surge a pod that waits for a GPU")
 	}
 
-	// ingest and sink scale with KEDA on their consumer group's lag, up to
-	// the partition count.
+	// ingest, sink and alerter scale with KEDA on their consumer group's
+	// lag, up to the partition count.
 	partitions := 8
-	topics := map[string]string{"ingest": "chat.messages", "sink": "emotion.events"}
-	groups := map[string]string{"ingest": "emoflow-ingest", "sink": "emoflow-sink"}
+	topics := map[string]string{"ingest": "chat.messages", "sink": "emotion.events", "alerter": "emotion.events"}
+	groups := map[string]string{"ingest": "emoflow-ingest", "sink": "emoflow-sink", "alerter": "emoflow-alerter"}
 	for name, so := range r.scaledObjects {
 		d := r.deployments[name]
 		if so.Spec.ScaleTargetRef.Name != d.Name {
@@ -361,6 +370,54 @@ func TestChart(t *testing.T) {
 	}
 	if e, _ := envValue(r.deployments["ingest"].Spec.Template.Spec.Containers[0], "EMOFLOW_CLASSIFIER_URLS"); e.Value != fmt.Sprintf("http://%s:%d", r.services["classifier"].Name, r.services["classifier"].Spec.Ports[0].Port) {
 		t.Errorf("ingest's classifier URL %q does not name the classifier Service", e.Value)
+	}
+	checkAlerterRules(t, r)
+}
+
+// checkAlerterRules checks that the alerter reads the rules of the chart's
+// ConfigMap, mounted read-only where EMOFLOW_RULES points, that the default
+// rules are deploy/alerts/rules.json's (which the alerts package's tests
+// load), and that the pods roll when the rules change.
+func checkAlerterRules(t *testing.T, r *rendered) {
+	t.Helper()
+	cm, d := r.configMaps["alerter"], r.deployments["alerter"]
+	if cm == nil || d == nil {
+		t.Fatalf("no alerter ConfigMap or Deployment")
+	}
+	pod := d.Spec.Template.Spec
+	rules, _ := envValue(pod.Containers[0], "EMOFLOW_RULES")
+	dir, file := filepath.Split(rules.Value)
+	mounted := false
+	for _, m := range pod.Containers[0].VolumeMounts {
+		if m.MountPath+"/" != dir {
+			continue
+		}
+		for _, v := range pod.Volumes {
+			if v.Name == m.Name && v.ConfigMap != nil && v.ConfigMap.Name == cm.Name && m.ReadOnly {
+				mounted = true
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("EMOFLOW_RULES=%q is not a file of the read-only ConfigMap %s", rules.Value, cm.Name)
+	}
+	var got, want any
+	if err := json.Unmarshal([]byte(cm.Data[file]), &got); err != nil {
+		t.Fatalf("ConfigMap %s: %s is not JSON: %v", cm.Name, file, err)
+	}
+	raw, err := os.ReadFile(filepath.Join("..", "alerts", "rules.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &want); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("the chart's default rules differ from deploy/alerts/rules.json:\n%s", cm.Data[file])
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSuffix(cm.Data[file], "\n")))
+	if a := d.Spec.Template.Annotations["checksum/rules"]; a != hex.EncodeToString(sum[:]) {
+		t.Errorf("pod annotation checksum/rules %q is not the SHA-256 of the rules: a rule change would not roll the pods", a)
 	}
 }
 
@@ -535,6 +592,37 @@ func TestChartValues(t *testing.T) {
 			t.Errorf("maxReplicaCount %d, want 3", m)
 		}
 	})
+	t.Run("alerter off, own rules", func(t *testing.T) {
+		r, err := render(t, map[string]any{"alerter": map[string]any{"enabled": false}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for kind, n := range map[string]bool{"Deployment": r.deployments["alerter"] != nil, "Service": r.services["alerter"] != nil,
+			"ScaledObject": r.scaledObjects["alerter"] != nil, "ConfigMap": r.configMaps["alerter"] != nil} {
+			if n {
+				t.Errorf("alerter.enabled=false still renders the alerter's %s", kind)
+			}
+		}
+		rules := map[string]any{"labels": []any{"calm", "angry"}, "rules": []any{map[string]any{"name": "angry-run", "kind": "run", "negative": []any{"angry"}, "start": []any{"calm"}, "length": 2}}}
+		on, err := render(t, map[string]any{"alerter": map[string]any{"rules": rules, "adapter": "support-lora"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got map[string]any
+		if err := json.Unmarshal([]byte(on.configMaps["alerter"].Data["rules.json"]), &got); err != nil || got["rules"].([]any)[0].(map[string]any)["name"] != "angry-run" {
+			t.Errorf("rules.json %q (%v): want the values' rules", on.configMaps["alerter"].Data["rules.json"], err)
+		}
+		def, err := render(t, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, b := on.deployments["alerter"].Spec.Template.Annotations["checksum/rules"], def.deployments["alerter"].Spec.Template.Annotations["checksum/rules"]; a == b {
+			t.Errorf("other rules, same checksum/rules %q: the pods would not roll", a)
+		}
+		if e, _ := envValue(on.deployments["alerter"].Spec.Template.Spec.Containers[0], "EMOFLOW_ADAPTER"); e.Value != "support-lora" {
+			t.Errorf("EMOFLOW_ADAPTER %q, want support-lora", e.Value)
+		}
+	})
 	for _, tc := range []struct {
 		name   string
 		values map[string]any
@@ -546,6 +634,8 @@ func TestChartValues(t *testing.T) {
 		{"unknown SASL mechanism", map[string]any{"kafka": map[string]any{"sasl": map[string]any{"mechanism": "gssapi"}}}, "want scram-sha-512 or plain"},
 		{"admin API with a short token", map[string]any{"classifier": map[string]any{"adminApi": true}, "secrets": map[string]any{"classifierAdminToken": "short"}}, "at least 16 characters"},
 		{"client tokens without ingest's", map[string]any{"classifier": map[string]any{"auth": map[string]any{"enabled": true}}}, "needs secrets.ingestClassifierToken"},
+		{"alerter without Redis", map[string]any{"redis": map[string]any{"addr": ""}}, "alerter.enabled needs redis.addr"},
+		{"alerter beyond the partitions", map[string]any{"alerter": map[string]any{"autoscaling": map[string]any{"maxReplicas": 9}}}, "alerter.autoscaling.maxReplicas (9) exceeds"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := render(t, tc.values); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -631,7 +721,7 @@ func TestChartSecured(t *testing.T) {
 		}
 		return secret.StringData[e.ValueFrom.SecretKeyRef.Key]
 	}
-	for _, c := range []string{"ingest", "sink"} {
+	for _, c := range []string{"ingest", "sink", "alerter"} {
 		if env(c, "EMOFLOW_KAFKA_SASL_MECHANISM").Value != "scram-sha-512" || fromSecret(env(c, "EMOFLOW_KAFKA_SASL_PASSWORD")) != secrets["kafkaSaslPassword"] ||
 			fromSecret(env(c, "EMOFLOW_KAFKA_SASL_USERNAME")) != "emoflow" || env(c, "EMOFLOW_KAFKA_TLS").Value != "true" {
 			t.Errorf("%s: Kafka SASL/TLS not configured from the Secret", c)
@@ -658,11 +748,15 @@ func TestChartSecured(t *testing.T) {
 			t.Errorf("TriggerAuthentication %s parameters %v, want username, password, ca", ta.Name, params)
 		}
 	}
-	if fromSecret(env("ingest", "EMOFLOW_REDIS_PASSWORD")) != secrets["redisPassword"] || env("ingest", "EMOFLOW_REDIS_TLS").Value != "true" {
-		t.Errorf("ingest: Redis password or TLS missing")
+	for _, c := range []string{"ingest", "alerter"} {
+		if fromSecret(env(c, "EMOFLOW_REDIS_PASSWORD")) != secrets["redisPassword"] || env(c, "EMOFLOW_REDIS_TLS").Value != "true" {
+			t.Errorf("%s: Redis password or TLS missing", c)
+		}
 	}
-	if fromSecret(env("sink", "EMOFLOW_CLICKHOUSE_PASSWORD")) != secrets["clickhousePassword"] || env("sink", "EMOFLOW_CLICKHOUSE_TLS").Value != "true" {
-		t.Errorf("sink: ClickHouse password or TLS missing")
+	for _, c := range []string{"sink", "alerter"} {
+		if fromSecret(env(c, "EMOFLOW_CLICKHOUSE_PASSWORD")) != secrets["clickhousePassword"] || env(c, "EMOFLOW_CLICKHOUSE_TLS").Value != "true" {
+			t.Errorf("%s: ClickHouse password or TLS missing", c)
+		}
 	}
 	if env("classifier", "EMOFLOW_ADMIN_API").Value != "true" || fromSecret(env("classifier", "EMOFLOW_ADMIN_TOKEN")) != secrets["classifierAdminToken"] {
 		t.Errorf("classifier: admin API without its token")

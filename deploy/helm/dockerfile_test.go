@@ -110,6 +110,7 @@ func TestDockerfiles(t *testing.T) {
 	runtimeBase := map[string]*regexp.Regexp{
 		"ingest":     regexp.MustCompile(`^gcr\.io/distroless/static-debian\d+:nonroot$`),
 		"sink":       regexp.MustCompile(`^gcr\.io/distroless/static-debian\d+:nonroot$`),
+		"alerter":    regexp.MustCompile(`^gcr\.io/distroless/static-debian\d+:nonroot$`),
 		"classifier": regexp.MustCompile(`^nvidia/cuda:[0-9.]+-cudnn\d+-runtime-ubuntu[0-9.]+$`),
 	}
 	for binary, base := range runtimeBase {

@@ -61,7 +61,7 @@ the shutdown timeout (the binaries drain within it).
 {{- $max -}}
 {{- end -}}
 
-{{/* The pod-level settings shared by the three Deployments. */}}
+{{/* The pod-level settings shared by the Deployments. */}}
 {{- define "emoflow.podCommon" -}}
 {{- $c := index .root.Values .component -}}
 serviceAccountName: {{ include "emoflow.fullname" .root }}
@@ -84,7 +84,7 @@ tolerations:
 {{- end }}
 {{- end -}}
 
-{{/* The container-level settings shared by the three Deployments. */}}
+{{/* The container-level settings shared by the Deployments. */}}
 {{- define "emoflow.containerCommon" -}}
 {{- $c := index .root.Values .component -}}
 image: {{ include "emoflow.image" . }}
@@ -115,7 +115,7 @@ resources:
   {{- toYaml $c.resources | nindent 2 }}
 {{- end -}}
 
-{{/* Environment shared by the three binaries. */}}
+{{/* Environment shared by the binaries. */}}
 {{- define "emoflow.envCommon" -}}
 {{- $c := index .root.Values .component -}}
 - name: EMOFLOW_HTTP_ADDR
@@ -182,7 +182,7 @@ spec:
 {{- end }}
 {{- end -}}
 
-{{/* KEDA ScaledObject of a Kafka consumer (ingest, sink). */}}
+{{/* KEDA ScaledObject of a Kafka consumer (ingest, sink, alerter). */}}
 {{- define "emoflow.scaledObject" -}}
 {{- $c := index .root.Values .component -}}
 {{- $name := printf "%s-%s" (include "emoflow.fullname" .root) .component -}}
@@ -264,7 +264,7 @@ emoflow.tlsMount / emoflow.tlsVolume under /etc/emoflow/tls/<dir>.
 {{- end }}
 {{- end -}}
 
-{{/* Kafka TLS and SASL environment of ingest and sink. */}}
+{{/* Kafka TLS and SASL environment of the Kafka clients (ingest, sink, alerter). */}}
 {{- define "emoflow.kafkaEnv" -}}
 {{- $k := .Values.kafka -}}
 {{- include "emoflow.tlsEnv" (dict "root" . "prefix" "KAFKA" "tls" $k.tls "dir" "kafka") }}
