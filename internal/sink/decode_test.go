@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/emoflow/emoflow/internal/contract"
@@ -135,24 +138,70 @@ func TestGroupByMonthSplitsOnlyAcrossMonths(t *testing.T) {
 }
 
 func TestEmbeddedMigrationsAreNumberedAndSplit(t *testing.T) {
-	ms, err := loadMigrations(migrationFiles, "migrations")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ms) < 2 {
-		t.Fatalf("%d migrations, want at least 2", len(ms))
-	}
-	for i, m := range ms {
-		if m.Version != i+1 || len(m.Statements) == 0 || len(m.Checksum) != 64 {
-			t.Errorf("migration %d: %+v", i, m)
+	for _, dir := range []string{singleNodeMigrations, clusterMigrations} {
+		ms, err := loadMigrations(migrationFiles, dir)
+		if err != nil {
+			t.Fatal(err)
 		}
-		for _, s := range m.Statements {
-			if !strings.HasPrefix(s, "CREATE ") || !strings.Contains(s, "IF NOT EXISTS") {
-				t.Errorf("migration %04d statement is not an idempotent CREATE: %.60q", m.Version, s)
+		if len(ms) < 2 {
+			t.Fatalf("%s: %d migrations, want at least 2", dir, len(ms))
+		}
+		for i, m := range ms {
+			if m.Version != i+1 || len(m.Statements) == 0 || len(m.Checksum) != 64 {
+				t.Errorf("%s: migration %d: %+v", dir, i, m)
 			}
-			if strings.Contains(s, "--") || strings.HasSuffix(s, ";") {
-				t.Errorf("migration %04d statement keeps a comment or the separator: %.60q", m.Version, s)
+			// An object dropped to be created again with new columns must be
+			// created in the same migration, later: a rerun ends with it.
+			dropped := map[string]bool{}
+			for _, s := range m.Statements {
+				switch drop := droppedObject.FindStringSubmatch(s); {
+				case strings.HasPrefix(s, "CREATE ") && strings.Contains(s, "IF NOT EXISTS"):
+					if created := createdObject.FindStringSubmatch(s); created != nil {
+						delete(dropped, created[1])
+					}
+				case drop != nil:
+					dropped[drop[1]] = true
+				case addColumn.MatchString(s):
+					// Rerun: columnAlreadyAdded.
+				default:
+					t.Errorf("%s: migration %04d statement is not an idempotent CREATE, DROP or ADD COLUMN: %.60q", dir, m.Version, s)
+				}
+				if strings.Contains(s, "--") || strings.HasSuffix(s, ";") {
+					t.Errorf("%s: migration %04d statement keeps a comment or the separator: %.60q", dir, m.Version, s)
+				}
 			}
+			for name := range dropped {
+				t.Errorf("%s: migration %04d drops %s without creating it again after", dir, m.Version, name)
+			}
+		}
+	}
+}
+
+var droppedObject = regexp.MustCompile(`^DROP TABLE IF EXISTS \$\{database\}\.(\w+)`)
+
+func TestColumnAlreadyAddedOnlyForThatColumn(t *testing.T) {
+	const stmt = "ALTER TABLE db.events ON CLUSTER c ADD COLUMN context_source String"
+	exists := func(code int32, msg string) error {
+		return fmt.Errorf("clickhouse: %s: %w", stmt, &clickhouse.Exception{Code: code, Message: msg})
+	}
+	cases := []struct {
+		name string
+		stmt string
+		err  error
+		want bool
+	}{
+		{"18.16", stmt, exists(44, "Cannot add column context_source: column with this name already exists"), true},
+		{"current", stmt, exists(15, "Cannot add column `context_source`: column with this name already exists"), true},
+		{"on cluster", stmt, exists(44, "There was an error on [ch-1:9000]: Code: 44, e.displayText() = DB::Exception: Cannot add column context_source: column with this name already exists"), true},
+		{"another column", stmt, exists(44, "Cannot add column context: column with this name already exists"), false},
+		{"another error", stmt, exists(44, "Cannot add column context_source: something else"), false},
+		{"another code", stmt, exists(159, "Cannot add column context_source: column with this name already exists"), false},
+		{"not an exception", stmt, errors.New("Cannot add column context_source: column with this name already exists"), false},
+		{"not an ALTER", "CREATE TABLE IF NOT EXISTS db.t (context_source String) ENGINE = Memory", exists(44, "Cannot add column context_source: column with this name already exists"), false},
+	}
+	for _, c := range cases {
+		if got := columnAlreadyAdded(c.stmt, c.err); got != c.want {
+			t.Errorf("%s: columnAlreadyAdded = %v, want %v", c.name, got, c.want)
 		}
 	}
 }
@@ -165,6 +214,9 @@ func TestLoadMigrationsRejectsBadSets(t *testing.T) {
 		},
 		"bad name": {"m/1_a.sql": {Data: []byte("SELECT 1;")}},
 		"empty":    {"m/0001_a.sql": {Data: []byte("-- nothing;\n")}},
+		// A rerun can tell only a single ADD COLUMN is done.
+		"two columns in one ALTER": {"m/0001_a.sql": {Data: []byte("ALTER TABLE a ADD COLUMN x UInt8, ADD COLUMN y UInt8;")}},
+		"another ALTER":            {"m/0001_a.sql": {Data: []byte("ALTER TABLE a DROP COLUMN x;")}},
 	}
 	for name, fsys := range cases {
 		if _, err := loadMigrations(fsys, "m"); err == nil {
@@ -173,7 +225,7 @@ func TestLoadMigrationsRejectsBadSets(t *testing.T) {
 	}
 	ms, err := loadMigrations(fstest.MapFS{
 		"m/0002_b.sql": {Data: []byte("-- two; statements\nCREATE VIEW IF NOT EXISTS v AS SELECT 1;\n\nCREATE VIEW IF NOT EXISTS w AS SELECT 2")},
-		"m/0001_a.sql": {Data: []byte("CREATE TABLE IF NOT EXISTS a (x UInt8) ENGINE = Memory;")},
+		"m/0001_a.sql": {Data: []byte("CREATE TABLE IF NOT EXISTS a (x UInt8) ENGINE = Memory;\nalter table a add column d Decimal(9, 2);")},
 	}, "m")
 	if err != nil {
 		t.Fatal(err)

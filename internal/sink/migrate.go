@@ -25,7 +25,10 @@ import (
 // inside literals or comments); "${database}" stands for the sink's
 // database. Every statement must be safe to run again (IF NOT EXISTS),
 // because sinks starting together may run the same migration at once and a
-// migration interrupted halfway runs again from its first statement.
+// migration interrupted halfway runs again from its first statement. The
+// exception is ALTER TABLE ... ADD COLUMN, which ClickHouse 18.16 cannot
+// make conditional: each must add one column, and a column that is there
+// already counts as added (columnAlreadyAdded).
 // Never edit a released migration: add a new one.
 //
 // migrations/cluster holds the same migrations (same versions, names and
@@ -87,6 +90,11 @@ func loadMigrations(fsys fs.FS, dir string) ([]migration, error) {
 		if len(stmts) == 0 {
 			return nil, fmt.Errorf("migration %s has no statements", e.Name())
 		}
+		for i, stmt := range stmts {
+			if err := checkAlter(stmt); err != nil {
+				return nil, fmt.Errorf("migration %s statement %d: %w", e.Name(), i+1, err)
+			}
+		}
 		sum := sha256.Sum256(raw)
 		ms = append(ms, migration{Version: version, Name: match[2], Statements: stmts, Checksum: hex.EncodeToString(sum[:])})
 	}
@@ -114,6 +122,64 @@ func splitStatements(sql string) []string {
 		}
 	}
 	return stmts
+}
+
+// addColumn matches the one form of ALTER a migration may hold: ALTER TABLE
+// t [ON CLUSTER c] ADD COLUMN name Type, one column.
+var addColumn = regexp.MustCompile(`(?is)^ALTER\s+TABLE\s+\S+(?:\s+ON\s+CLUSTER\s+\S+)?\s+ADD\s+COLUMN\s+([A-Za-z_][A-Za-z0-9_]*)\s+(\S.*)$`)
+
+// checkAlter fails for an ALTER statement that is not one ADD COLUMN: only
+// then does "column already exists" on a rerun mean that the statement's
+// whole change is in place.
+func checkAlter(stmt string) error {
+	if !strings.EqualFold(strings.Fields(stmt)[0], "ALTER") {
+		return nil
+	}
+	m := addColumn.FindStringSubmatch(stmt)
+	if m == nil || hasTopLevelComma(m[2]) {
+		return fmt.Errorf("an ALTER must add exactly one column (ALTER TABLE t ADD COLUMN c Type): %s", firstLine(stmt))
+	}
+	return nil
+}
+
+// hasTopLevelComma reports whether s has a comma outside parentheses (a
+// second column, not a type such as Decimal(9, 2)).
+func hasTopLevelComma(s string) bool {
+	depth := 0
+	for _, r := range s {
+		switch r {
+		case '(':
+			depth++
+		case ')':
+			depth--
+		case ',':
+			if depth == 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// columnAlreadyAdded reports whether err, from running stmt, says that the
+// column stmt adds exists already: a rerun of its migration (ClickHouse
+// 18.16 has no ADD COLUMN IF NOT EXISTS), or another sink running it at
+// the same time. 18.16 answers ILLEGAL_COLUMN (44), current releases
+// DUPLICATE_COLUMN (15), both with "Cannot add column NAME: column with
+// this name already exists" (current releases quote NAME in backticks); ON
+// CLUSTER, the code and message are the first failing host's.
+func columnAlreadyAdded(stmt string, err error) bool {
+	m := addColumn.FindStringSubmatch(stmt)
+	var ex *clickhouse.Exception
+	if m == nil || !errors.As(err, &ex) || (ex.Code != 15 && ex.Code != 44) {
+		return false
+	}
+	for _, name := range []string{m[1], "`" + m[1] + "`"} {
+		if strings.Contains(ex.Message, "Cannot add column "+name+": column with this name already exists") {
+			return true
+		}
+	}
+	return false
 }
 
 // migrator applies migrations to one database.
@@ -221,7 +287,7 @@ func pending(ms []migration, done map[int]string) bool {
 
 func (m *migrator) apply(ctx context.Context, mig migration) error {
 	for i, stmt := range mig.statementsFor(m.database, m.cluster) {
-		if err := m.exec(ctx, stmt); err != nil {
+		if err := m.exec(ctx, stmt); err != nil && !columnAlreadyAdded(stmt, err) {
 			return fmt.Errorf("migration %04d_%s statement %d: %w", mig.Version, mig.Name, i+1, err)
 		}
 	}
