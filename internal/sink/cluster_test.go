@@ -255,11 +255,15 @@ func TestClusterSchema(t *testing.T) {
 				sent = base.AddDate(0, -1, 0) // a second month in the batch
 			}
 			label := []string{"joy", "anger", "sadness", "fear"}[i%4]
-			rows = append(rows, eventRow{
+			row := eventRow{
 				MessageID: fmt.Sprintf("m-%03d", i), Adapter: "emo@1", RunID: "live", ConversationID: fmt.Sprintf("c-%d", i%9),
 				Tenant: []string{"acme", "beta"}[i%2], Label: label, ProbLabels: []string{label}, ProbValues: []float32{1},
 				SentAt: sent, ReceivedAt: sent, ClassifiedAt: sent,
-			})
+			}
+			if i%2 == 1 {
+				row.ContextMessages, row.ContextSource = 2, "redis"
+			}
+			rows = append(rows, row)
 		}
 		// Every event through node 1, the first half again through node
 		// 4 (a redelivery to a sink connected elsewhere), a third time
@@ -302,6 +306,12 @@ func TestClusterSchema(t *testing.T) {
 			want := [][]string{{fmt.Sprint(events), fmt.Sprint(events)}}
 			if got := f.query(t, i, "SELECT count(), uniqExact(message_id) FROM "+db+".events_dedup"); fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("node %d: events_dedup count, uniq %v, want %v", i+1, got, want)
+			}
+			// Half the events with context, half without, through the
+			// Distributed table and the view of every shard.
+			byContext := "SELECT countIf(context_messages = 2 AND context_source = 'redis'), countIf(context_messages = 0 AND context_source = '') FROM " + db + ".events_dedup"
+			if got, want := f.query(t, i, byContext), [][]string{{fmt.Sprint(events / 2), fmt.Sprint(events / 2)}}; fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("node %d: events_dedup with and without context %v, want %v", i+1, got, want)
 			}
 			if got := f.query(t, i, "SELECT count() FROM "+db+".events"); got[0][0] != fmt.Sprint(events+events/2+20) {
 				t.Errorf("node %d: events holds %v rows, want every insert's %d", i+1, got, events+events/2+20)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
+
 	"github.com/emoflow/emoflow/internal/stage"
 	"github.com/emoflow/emoflow/internal/testenv"
 )
@@ -104,12 +106,15 @@ func TestCurrentClickHouse(t *testing.T) {
 		}
 	}
 	demo1 := ev("demo-1", "acme", "joy", "joy", base.Add(10*time.Second), 10, false)
+	demo1.ContextMessages, demo1.ContextSource = 2, "redis"
+	demo2 := ev("demo-2", "acme", "joy", "sadness", base.Add(40*time.Second), 20, true)
+	demo2.ContextMessages, demo2.ContextSource = 1, "memory"
 	demo3 := ev("demo-3", "acme", "anger", "anger", base.Add(65*time.Second), 30, false)
 	demo5 := ev("demo-5", "beta", "sadness", "sadness", base.Add(-12*time.Hour-time.Second), 50, false) // February
 	batches := [][]eventRow{
 		{
 			demo1,
-			ev("demo-2", "acme", "joy", "sadness", base.Add(40*time.Second), 20, true),
+			demo2,
 			demo3,
 			ev("demo-4", "beta", "joy", "", base.Add(110*time.Second), 40, false),
 			demo5,
@@ -139,12 +144,40 @@ func TestCurrentClickHouse(t *testing.T) {
 	// Then the sink's read of the applied versions (what a restarted sink
 	// sends after the bootstrap), the migrations' DDL once more (as a sink
 	// whose migration was interrupted runs it again: a no-op over the
-	// existing tables and rows), and the read again.
+	// existing tables and rows), and the read again. The ADD COLUMNs of
+	// the second run fail, the column being there: they are sent last, to
+	// check that their errors are the ones Migrate takes as done.
 	if _, err := (&migrator{conn: rec, database: db, timeout: time.Minute}).recorded(ctx); err != nil {
 		t.Fatal(err)
 	}
-	statements := append(rec.Statements(), ddl...)
+	var addColumns []string
+	statements := rec.Statements()
+	for _, s := range ddl {
+		if addColumn.MatchString(s.SQL) {
+			addColumns = append(addColumns, s.SQL)
+			continue
+		}
+		statements = append(statements, s)
+	}
+	if len(addColumns) == 0 {
+		t.Fatal("no ADD COLUMN in the migrations: this test's rerun of them checks nothing")
+	}
 	statements = append(statements, rec.Statements()[len(rec.Statements())-1])
+
+	// Before migration 4, a row as the sinks before it inserted it: without
+	// the context columns, which it reads as 0 and ''.
+	contextMigration := slices.IndexFunc(statements, func(s testenv.Statement) bool {
+		return s.SQL == ms[3].statementsFor(db, "")[0]
+	})
+	if ms[3].Name != "event_context" || contextMigration < 0 {
+		t.Fatalf("migration 4 (%s) not found in the statements", ms[3].Name)
+	}
+	oldRow := testenv.Statement{
+		Kind: testenv.Insert,
+		SQL:  "INSERT INTO " + db + ".events (message_id, adapter, run_id, tenant, label, text, sent_at, received_at, classified_at, inserted_at, version)",
+		Rows: [][]any{{"old-1", "emo@1", "live", "acme", "joy", "it's \\ \"quoted\"", base.Add(30 * time.Second), base, base, base.Add(4 * time.Minute), uint64(1)}},
+	}
+	statements = slices.Insert(statements, contextMigration, oldRow)
 
 	// What the test reads: the deduplicated view, FINAL, the per-minute
 	// counts, and the demo's queries.
@@ -156,10 +189,16 @@ func TestCurrentClickHouse(t *testing.T) {
 	checks["schema_migrations"] = len(statements) - 1
 	check("dedup", "SELECT message_id, tenant, label, inserted_at, prob_values FROM "+db+".events_dedup ORDER BY message_id")
 	check("final", "SELECT count(), uniqExact(message_id), any(text) FROM "+db+".events FINAL")
+	check("context", "SELECT message_id, context_messages, context_source FROM "+db+".events_dedup ORDER BY message_id")
 	check("per minute", "SELECT minute, tenant, adapter, run_id, label, messages FROM "+db+".label_counts_per_minute")
 	demo := demoQueries(t, db, "demo", 6)
 	for i, q := range demo {
 		check("demo "+strconv.Itoa(i+1), q)
+	}
+
+	checked := len(statements)
+	for _, sql := range addColumns {
+		statements = append(statements, testenv.Statement{Kind: testenv.Exec, SQL: sql})
 	}
 
 	run := testenv.RunCurrentClickHouse(t, statements)
@@ -168,7 +207,22 @@ func TestCurrentClickHouse(t *testing.T) {
 		t.Errorf("chDB runs ClickHouse %s, not a current release", run.Version)
 	}
 	failed := false
-	for i, r := range run.Results {
+	code := regexp.MustCompile(`Code: (\d+)\. DB::Exception: `)
+	for i, r := range run.Results[checked:] {
+		sql := statements[checked+i].SQL
+		m := code.FindStringSubmatch(r.Error)
+		if m == nil {
+			failed = true
+			t.Errorf("ClickHouse %s, an ADD COLUMN run again: %q, want it to fail as the column exists\n%s", run.Version, r.Error, sql)
+			continue
+		}
+		n, _ := strconv.Atoi(m[1])
+		if err := (&clickhouse.Exception{Code: int32(n), Message: r.Error[len(m[0]):]}); !columnAlreadyAdded(sql, err) {
+			failed = true
+			t.Errorf("ClickHouse %s, an ADD COLUMN run again: Migrate would not take %q as done\n%s", run.Version, r.Error, sql)
+		}
+	}
+	for i, r := range run.Results[:checked] {
 		if r.Error != "" {
 			failed = true
 			t.Errorf("ClickHouse %s refused statement %d (%s):\n%s\n%s", run.Version, i+1, statements[i].Kind, firstLine(statements[i].SQL), r.Error)
@@ -193,12 +247,17 @@ func TestCurrentClickHouse(t *testing.T) {
 			{"demo-4", "beta", "joy", "2025-03-01 12:05:00", "[0.25,0.75]"},
 			{"demo-5", "beta", "sadness", "2025-03-01 12:06:00", "[0.25,0.75]"},
 			{"demo-6", "acme", "fear", "2025-03-01 12:07:00", "[0.25,0.75]"},
+			{"old-1", "acme", "joy", "2025-03-01 12:04:00", "[]"},
 			{"other-1", "acme", "joy", "2025-03-01 12:05:00", "[0.25,0.75]"},
 		},
-		"final": {{"7", "7", `it's \ "quoted"`}},
+		"final": {{"8", "8", `it's \ "quoted"`}},
+		"context": {
+			{"demo-1", "2", "redis"}, {"demo-2", "1", "memory"}, {"demo-3", "0", ""}, {"demo-4", "0", ""},
+			{"demo-5", "0", ""}, {"demo-6", "0", ""}, {"old-1", "0", ""}, {"other-1", "0", ""},
+		},
 		"per minute": {
 			{"2025-02-28 23:59:00", "beta", "emo@1", "live", "sadness", "1"},
-			{"2025-03-01 12:00:00", "acme", "emo@1", "live", "joy", "3"},
+			{"2025-03-01 12:00:00", "acme", "emo@1", "live", "joy", "4"},
 			{"2025-03-01 12:01:00", "acme", "emo@1", "live", "anger", "1"},
 			{"2025-03-01 12:01:00", "acme", "emo@1", "live", "fear", "1"},
 			{"2025-03-01 12:01:00", "beta", "emo@1", "live", "joy", "1"},
@@ -216,7 +275,7 @@ func TestCurrentClickHouse(t *testing.T) {
 			t.Errorf("%s on ClickHouse %s: %v\n%s", name, run.Version, err, statements[checks[name]].SQL)
 		}
 	}
-	if got := run.Results[checks["dedup"]].Data; len(got) == 7 && got[0][0] != "demo-1" {
+	if got := run.Results[checks["dedup"]].Data; len(got) == 8 && got[0][0] != "demo-1" {
 		t.Errorf("dedup: not ordered by message id: %v", got)
 	}
 	// The per-minute hint is the demo's last query.
@@ -234,7 +293,15 @@ func TestCurrentClickHouse(t *testing.T) {
 			t.Fatal(err)
 		}
 		testenv.DropAtCleanup(t, conn, db)
-		testenv.CompareOnServer(t, conn, statements, run)
+		testenv.CompareOnServer(t, conn, statements[:checked], run)
+		for _, s := range statements[checked:] {
+			execCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := conn.Exec(execCtx, s.SQL)
+			cancel()
+			if !columnAlreadyAdded(s.SQL, err) {
+				t.Errorf("an ADD COLUMN run again: %v, want the error Migrate takes as done\n%s", err, s.SQL)
+			}
+		}
 	})
 }
 
@@ -269,8 +336,18 @@ func TestCurrentClickHouseClusterSchema(t *testing.T) {
 	}
 	add(testenv.Query, "EXPLAIN AST "+remote)
 	parsed := len(statements)
+	// chDB's replicated tables are read-only: an ALTER of one (parsed
+	// above) is refused with TABLE_IS_READ_ONLY, so the _local tables, and
+	// the objects created from them, lack the columns it adds here.
+	readOnly := map[int]bool{}
+	notAdded := map[string]bool{}
+	replicatedAlter := regexp.MustCompile(`^ALTER TABLE \S+_local `)
 	for _, s := range ddl {
-		add(testenv.Exec, strings.Replace(s, " ON CLUSTER "+cluster, "", 1))
+		i := add(testenv.Exec, strings.Replace(s, " ON CLUSTER "+cluster, "", 1))
+		if replicatedAlter.MatchString(s) {
+			readOnly[i] = true
+			notAdded[addColumn.FindStringSubmatch(s)[1]] = true
+		}
 	}
 	single := db + "_single"
 	singleDDL, err := SchemaStatements(single)
@@ -313,7 +390,12 @@ func TestCurrentClickHouseClusterSchema(t *testing.T) {
 	run := testenv.RunCurrentClickHouseWithConfig(t, config, statements)
 	t.Logf("ClickHouse %s (chDB): %d statements in %.2fs", run.Version, len(statements), run.Seconds)
 	for i, r := range run.Results {
-		if r.Error != "" && i != onUnknownCluster {
+		switch {
+		case readOnly[i]:
+			if !strings.Contains(r.Error, "TABLE_IS_READ_ONLY") {
+				t.Errorf("ClickHouse %s, statement %d on a read-only replicated table: %q, want TABLE_IS_READ_ONLY\n%s", run.Version, i+1, r.Error, statements[i].SQL)
+			}
+		case r.Error != "" && i != onUnknownCluster:
 			t.Errorf("ClickHouse %s refused statement %d:\n%s\n%s", run.Version, i+1, statements[i].SQL, r.Error)
 		}
 	}
@@ -335,6 +417,7 @@ func TestCurrentClickHouseClusterSchema(t *testing.T) {
 	}
 	for _, table := range front {
 		a, b := run.Results[describe[table][0]], run.Results[describe[table][1]]
+		b.Data = slices.DeleteFunc(slices.Clone(b.Data), func(row []string) bool { return notAdded[row[0]] })
 		if err := testenv.SameRows(a, b); err != nil {
 			t.Errorf("%s: the clustered schema's columns differ from the single-node schema's on ClickHouse %s: %v", table, run.Version, err)
 		}

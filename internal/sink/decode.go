@@ -34,6 +34,8 @@ type eventRow struct {
 	ProbValues      []float32
 	TrueLabel       string
 	Truncated       bool
+	ContextMessages int64
+	ContextSource   string
 	Model           string
 	LabelSet        string
 	CacheHit        bool
@@ -126,6 +128,8 @@ func newEventRow(ev *contract.EmotionEvent, partition int, offset int64) eventRo
 		ProbValues:      probs,
 		TrueLabel:       ev.TrueLabel,
 		Truncated:       ev.Truncated,
+		ContextMessages: int64(ev.ContextMessages),
+		ContextSource:   ev.ContextSource,
 		Model:           ev.Model,
 		LabelSet:        ev.LabelSet,
 		CacheHit:        ev.CacheHit,

@@ -29,12 +29,17 @@ func TestDecodeEventFlattensAValidEvent(t *testing.T) {
 	ev.Truncated = true
 	ev.Text = "hello"
 	ev.TrueLabel = "anger"
+	ev.ContextMessages = 2
+	ev.ContextSource = "redis"
 	raw, _ := json.Marshal(ev)
 	got, err := decodeEvent(raw, 4096)
 	if err != nil {
 		t.Fatalf("decodeEvent: %v", err)
 	}
 	row := newEventRow(&got, 3, 42)
+	if row.ContextMessages != 2 || row.ContextSource != "redis" {
+		t.Errorf("context %d %q, want 2 \"redis\"", row.ContextMessages, row.ContextSource)
+	}
 	if row.MessageID != "m7" || row.Adapter != "support@v1" || row.RunID != contract.LiveRun || row.Tenant != "acme" ||
 		row.Label != "joy" || row.TrueLabel != "anger" || row.Text != "hello" || !row.CacheHit || !row.Truncated {
 		t.Errorf("row fields wrong: %+v", row)

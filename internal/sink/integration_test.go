@@ -179,7 +179,9 @@ func (s *runningSink) metric(t testing.TB, name string) float64 {
 }
 
 // testEvents are n events spread over tenants, adapters, runs, labels and
-// minutes, across a month boundary.
+// minutes, across a month boundary; a third of them classified with two
+// messages of context from Redis, a third with one from memory, the rest
+// alone (no context fields).
 func testEvents(n int) []contract.EmotionEvent {
 	labels := []string{"joy", "anger", "sadness", "neutral", "surprise"}
 	tenants := []string{"acme", "globex", "initech"}
@@ -215,6 +217,12 @@ func testEvents(n int) []contract.EmotionEvent {
 			ClassifiedAt:    sent.Add(900 * time.Millisecond),
 			Timings:         contract.Timings{CacheMs: 1.5, ClassifyMs: float64(i % 50), PipelineMs: 60},
 			Source:          contract.Source{Topic: "chat", Partition: i % 4, Offset: int64(i)},
+		}
+		switch i % 3 {
+		case 1:
+			events[i].ContextMessages, events[i].ContextSource = 2, "redis"
+		case 2:
+			events[i].ContextMessages, events[i].ContextSource = 1, "memory"
 		}
 	}
 	return events
@@ -392,7 +400,7 @@ func (in *integration) checkEachEventOnce(t *testing.T, events []contract.Emotio
 	defer cancel()
 	rows, err := in.conn.Query(ctx, `SELECT message_id, adapter, run_id, conversation_id, tenant, label, prob_labels, prob_values,
 		true_label, truncated, cache_hit, model, sent_at, classified_at, classify_ms, source_topic, source_partition, source_offset,
-		event_partition, event_offset FROM `+in.database+`.events_dedup`)
+		event_partition, event_offset, context_messages, context_source FROM `+in.database+`.events_dedup`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,10 +416,12 @@ func (in *integration) checkEachEventOnce(t *testing.T, events []contract.Emotio
 			sentAt, classifiedAt                                              time.Time
 			classifyMs                                                        float32
 			srcPartition, eventPartition                                      int32
-			srcOffset, eventOffset                                            int64
+			srcOffset, eventOffset, contextMessages                           int64
+			contextSource                                                     string
 		)
 		if err := rows.Scan(&id, &adapter, &run, &conv, &tenant, &label, &probLabels, &probValues, &trueLabel, &truncated, &cacheHit,
-			&model, &sentAt, &classifiedAt, &classifyMs, &srcTopic, &srcPartition, &srcOffset, &eventPartition, &eventOffset); err != nil {
+			&model, &sentAt, &classifiedAt, &classifyMs, &srcTopic, &srcPartition, &srcOffset, &eventPartition, &eventOffset,
+			&contextMessages, &contextSource); err != nil {
 			t.Fatal(err)
 		}
 		if seen[id] {
@@ -443,6 +453,7 @@ func (in *integration) checkEachEventOnce(t *testing.T, events []contract.Emotio
 		check("classify_ms", classifyMs == float32(ev.Timings.ClassifyMs))
 		check("source", srcTopic == ev.Source.Topic && int(srcPartition) == ev.Source.Partition && srcOffset == ev.Source.Offset)
 		check("event position", eventPartition >= 0 && eventPartition < eventsTopicPartitions && eventOffset >= 0)
+		check("context", contextMessages == int64(ev.ContextMessages) && contextSource == ev.ContextSource)
 		check("probabilities", len(probLabels) == len(ev.Probabilities) && len(probValues) == len(probLabels))
 		for i, l := range probLabels {
 			if i < len(probValues) {

@@ -22,7 +22,7 @@ var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
 var eventColumns = []string{
 	"message_id", "adapter", "run_id", "conversation_id", "tenant", "speaker_role", "language",
 	"text_fingerprint", "text", "label", "prob_labels", "prob_values", "true_label", "truncated",
-	"model", "label_set", "cache_hit", "sent_at", "received_at", "classified_at",
+	"context_messages", "context_source", "model", "label_set", "cache_hit", "sent_at", "received_at", "classified_at",
 	"cache_ms", "classify_ms", "pipeline_ms", "source_topic", "source_partition", "source_offset",
 	"event_partition", "event_offset", "inserted_at", "version",
 }
@@ -31,7 +31,7 @@ func (r *eventRow) values(insertedAt time.Time, version uint64) []any {
 	return []any{
 		r.MessageID, r.Adapter, r.RunID, r.ConversationID, r.Tenant, r.SpeakerRole, r.Language,
 		r.TextFingerprint, r.Text, r.Label, r.ProbLabels, r.ProbValues, r.TrueLabel, boolToUInt8(r.Truncated),
-		r.Model, r.LabelSet, boolToUInt8(r.CacheHit), r.SentAt, r.ReceivedAt, r.ClassifiedAt,
+		r.ContextMessages, r.ContextSource, r.Model, r.LabelSet, boolToUInt8(r.CacheHit), r.SentAt, r.ReceivedAt, r.ClassifiedAt,
 		r.CacheMs, r.ClassifyMs, r.PipelineMs, r.SourceTopic, r.SourcePartition, r.SourceOffset,
 		r.EventPartition, r.EventOffset, insertedAt, version,
 	}
