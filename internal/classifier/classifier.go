@@ -160,8 +160,8 @@ func (c *Component) ModelOptions() (model.Options, error) {
 // process) ingest and the sink, and when a call returns the thread must win
 // a P back before its next operation. Without spare Ps it waits for
 // goroutines to yield while its core idles: on the CPU benchmark model
-// with two lanes, the spare Ps gave the pipeline benchmark's classifier 4%
-// more texts a second alone and 8% more in the all-miss pass.
+// with two lanes, the spare Ps gave the pipeline benchmark's classifier 7%
+// more texts a second alone and 5% more in the all-miss pass.
 func computeThreads(workers int, opts model.Options) int {
 	if opts.Device.IsCUDA() {
 		return workers
