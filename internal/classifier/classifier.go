@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -150,25 +149,6 @@ func (c *Component) ModelOptions() (model.Options, error) {
 	return model.Options{Device: dev, DType: dt, Threads: threads, Lanes: lanes}, nil
 }
 
-// computeThreads is how many OS threads run the model at once: one per
-// worker, times its lanes on the CPU (see model.Options.Lanes).
-//
-// Run gives the Go scheduler one P (GOMAXPROCS) per compute thread on top
-// of its default, unless GOMAXPROCS is set. A compute thread spends nearly
-// all its time in libtorch, one cgo call per operation; meanwhile the
-// scheduler lends its P to the HTTP handlers, the batcher and (in one
-// process) ingest and the sink, and when a call returns the thread must win
-// a P back before its next operation. Without spare Ps it waits for
-// goroutines to yield while its core idles: on the CPU benchmark model
-// with two lanes, the spare Ps gave the pipeline benchmark's classifier 7%
-// more texts a second alone and 5% more in the all-miss pass.
-func computeThreads(workers int, opts model.Options) int {
-	if opts.Device.IsCUDA() {
-		return workers
-	}
-	return workers * max(1, min(opts.Lanes, opts.Threads))
-}
-
 // Run loads the model, serves until ctx ends, then drains the queue.
 func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	if err := c.validate(); err != nil {
@@ -190,9 +170,6 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		}
 	}
 	tensor.SetThreads(opts.Threads)
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + computeThreads(c.Workers, opts))
-	}
 
 	rt.SetNotReady("loading the model")
 	start := time.Now()
@@ -218,7 +195,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	defer reg.Close()
 	eng := &engine{model: m, reg: reg}
 	rt.Logger.Info("model loaded", "model", m.ID(), "arch", m.Config().Arch, "layers", m.Config().Layers,
-		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", opts.DType.String(), "device", opts.Device.String(), "threads", opts.Threads, "lanes", opts.Lanes, "gomaxprocs", runtime.GOMAXPROCS(0),
+		"hidden", m.Config().Hidden, "vocab", m.Config().Vocab, "dtype", opts.DType.String(), "device", opts.Device.String(), "threads", opts.Threads, "lanes", opts.Lanes,
 		"tokenizer", tok.Family(), "template", tmpl.Name, "labels", tmpl.Labels, "took", time.Since(start).Round(time.Millisecond).String())
 	if c.AdaptersDir != "" {
 		reg.Sync(c.AdaptersDir)

@@ -459,29 +459,3 @@ func getJSON(t *testing.T, url string, out any) {
 		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
 	}
 }
-
-// TestComputeThreads: the Ps Run adds are the threads that sit in libtorch
-// at once: a worker's lanes on the CPU (at most its threads, as the model
-// splits), one a worker on a GPU (the model runs no lanes there).
-func TestComputeThreads(t *testing.T) {
-	for _, tc := range []struct {
-		name                    string
-		workers, threads, lanes int
-		dev                     tensor.Device
-		want                    int
-	}{
-		{"two lanes", 1, 2, 2, tensor.CPU, 2},
-		{"operations split instead", 1, 2, 1, tensor.CPU, 1},
-		{"lanes beyond the threads", 1, 2, 8, tensor.CPU, 2},
-		{"two workers of one thread", 2, 1, 1, tensor.CPU, 2},
-		{"two workers of two lanes", 2, 2, 2, tensor.CPU, 4},
-		{"GPU", 2, 4, 4, tensor.CUDA(0), 2},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got := computeThreads(tc.workers, model.Options{Device: tc.dev, Threads: tc.threads, Lanes: tc.lanes})
-			if got != tc.want {
-				t.Errorf("computeThreads = %d, want %d", got, tc.want)
-			}
-		})
-	}
-}
