@@ -245,6 +245,28 @@ func TestClusterSchema(t *testing.T) {
 		return
 	}
 
+	t.Run("a replica rebuilt after the columns were added", func(t *testing.T) {
+		// A host replaced by an empty one: 0001 creates its events_local
+		// with 0001's columns while ZooKeeper holds 0004's, and 0004's
+		// ADD COLUMN then finds them there. The replica must end up with
+		// the table's columns (the inserts and reads below go through it).
+		f.exec(t, 2, "DROP TABLE "+db+".events_local")
+		m := f.migrator(0, db, 30*time.Second)
+		if _, _, err := m.Migrate(ctx, ms); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.tables(t, 2, db); !slices.Equal(got, clusterTables) {
+			t.Errorf("node 3 tables after Migrate %v, want %v", got, clusterTables)
+		}
+		cols := f.query(t, 2, "SELECT name FROM system.columns WHERE database = ? AND table = 'events_local' AND name LIKE 'context_%' ORDER BY name", db)
+		if len(cols) != 2 || cols[0][0] != "context_messages" || cols[1][0] != "context_source" {
+			t.Errorf("node 3 events_local context columns %v, want context_messages and context_source", cols)
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
 	t.Run("dedup across shards and replicas", func(t *testing.T) {
 		base := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 		const events = 200

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -260,7 +262,11 @@ func (m *migrator) Migrate(ctx context.Context, ms []migration) (applied, change
 	if err != nil || len(missing) == 0 {
 		return applied, changed, err
 	}
-	// Some host lacks objects of recorded migrations: run them all again.
+	// Some host lacks objects of recorded migrations: give it the
+	// replicated tables as they are now, then run the migrations again.
+	if err := m.recreateReplicas(ctx); err != nil {
+		return applied, changed, fmt.Errorf("completing the schema on the cluster's hosts (%s): %w", strings.Join(missing, "; "), err)
+	}
 	for _, mig := range ms {
 		if err := m.apply(ctx, mig); err != nil {
 			return applied, changed, fmt.Errorf("completing the schema on the cluster's hosts (%s): %w", strings.Join(missing, "; "), err)
@@ -480,7 +486,7 @@ func (m *migrator) missingObjects(ctx context.Context, ms []migration) ([]string
 		answered++
 		var lacks []string
 		for _, name := range want {
-			if !have[name] {
+			if _, ok := have[name]; !ok {
 				lacks = append(lacks, name)
 			}
 		}
@@ -499,30 +505,86 @@ func (m *migrator) missingObjects(ctx context.Context, ms []migration) ([]string
 // ALL_CONNECTION_TRIES_FAILED.
 var unreachableHost = map[int32]bool{209: true, 210: true, 279: true}
 
-// hostTables returns the names of the tables of the database on the host
-// at addr, read through remote() by the server the sink is connected to.
-func (m *migrator) hostTables(ctx context.Context, addr string) (map[string]bool, error) {
+// hostTable is a table or view of the database on one host: its engine
+// and the CREATE statement the host keeps for it.
+type hostTable struct{ engine, create string }
+
+// hostTables returns the tables and views of the database on the host at
+// addr by name, read through remote() by the server the sink is connected
+// to.
+func (m *migrator) hostTables(ctx context.Context, addr string) (map[string]hostTable, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.timeout)
 	defer cancel()
-	query := fmt.Sprintf("SELECT name FROM remote(%s, system, tables, %s, %s) WHERE database = ?",
+	query := fmt.Sprintf("SELECT name, engine, create_table_query FROM remote(%s, system, tables, %s, %s) WHERE database = ?",
 		quoteString(addr), quoteString(m.user), quoteString(m.password))
 	rows, err := m.conn.Query(ctx, query, m.database)
 	if err != nil {
 		return nil, fmt.Errorf("read the tables on host %s: %w", addr, err)
 	}
 	defer rows.Close()
-	have := map[string]bool{}
+	have := map[string]hostTable{}
 	for rows.Next() {
 		var name string
-		if err := rows.Scan(&name); err != nil {
+		var t hostTable
+		if err := rows.Scan(&name, &t.engine, &t.create); err != nil {
 			return nil, fmt.Errorf("read the tables on host %s: %w", addr, err)
 		}
-		have[name] = true
+		have[name] = t
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read the tables on host %s: %w", addr, err)
 	}
 	return have, nil
+}
+
+// recreateReplicas creates every replicated table that some hosts have on
+// the hosts that lack it, with the definition the others hold now. A host
+// rebuilt empty would otherwise get its replicated tables from the first
+// migration's CREATE, and ClickHouse refuses a replica whose columns differ
+// from those its peers keep in ZooKeeper ("Table structure in ZooKeeper is
+// too different from local table structure") once a later migration has
+// added one. The engine's ZooKeeper path and replica name keep their
+// macros in the stored definition, so each host fills in its own; IF NOT
+// EXISTS ON CLUSTER changes nothing where the table is.
+func (m *migrator) recreateReplicas(ctx context.Context) error {
+	hosts, err := m.clusterHosts(ctx)
+	if err != nil {
+		return err
+	}
+	var tables []map[string]hostTable
+	for _, h := range hosts {
+		have, err := m.hostTables(ctx, h.Addr)
+		if err != nil {
+			var ex *clickhouse.Exception
+			if errors.As(err, &ex) && unreachableHost[ex.Code] {
+				continue
+			}
+			return err
+		}
+		tables = append(tables, have)
+	}
+	defs := map[string]string{}
+	for _, have := range tables {
+		for name, t := range have {
+			if strings.HasPrefix(t.engine, "Replicated") && defs[name] == "" {
+				defs[name] = t.create
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(defs)) {
+		if !slices.ContainsFunc(tables, func(have map[string]hostTable) bool { _, ok := have[name]; return !ok }) {
+			continue
+		}
+		head := "CREATE TABLE " + m.database + "." + name + " "
+		body, ok := strings.CutPrefix(defs[name], head)
+		if !ok {
+			return fmt.Errorf("recreate %s.%s: its definition does not start with %q: %s", m.database, name, head, firstLine(defs[name]))
+		}
+		if err := m.exec(ctx, "CREATE TABLE IF NOT EXISTS "+m.database+"."+name+" ON CLUSTER "+m.cluster+" "+body); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // quoteString is s as a ClickHouse string literal.
