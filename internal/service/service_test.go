@@ -191,6 +191,15 @@ func TestAPIBeforeReadyAnswers503NotNotFound(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, resp.Header.Get("Retry-After"), string(b)
 	}
+	// started fires before the component's Run has said why it is not
+	// ready: wait for its reason, so that the check below sees it.
+	waitUntil := time.Now().Add(10 * time.Second)
+	for _, reason := rt.Ready(); reason != "loading"; _, reason = rt.Ready() {
+		if time.Now().After(waitUntil) {
+			t.Fatalf("not-ready reason %q, want the component's \"loading\"", reason)
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if code, retry, body := post("/v1/thing"); code != http.StatusServiceUnavailable || retry != "1" || !strings.Contains(body, "loading") {
 		t.Fatalf("before ready: %d (Retry-After %q) %q, want 503 with Retry-After 1 and the reason", code, retry, body)
 	}
