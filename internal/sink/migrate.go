@@ -468,12 +468,40 @@ func (m *migrator) missingObjects(ctx context.Context, ms []migration) ([]string
 			}
 		}
 	}
-	hosts, err := m.clusterHosts(ctx)
+	hosts, err := m.answeringHosts(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var missing []string
-	answered := 0
+	for _, h := range hosts {
+		var lacks []string
+		for _, name := range want {
+			if _, ok := h.tables[name]; !ok {
+				lacks = append(lacks, name)
+			}
+		}
+		if len(lacks) > 0 {
+			missing = append(missing, fmt.Sprintf("host %s (shard %d, replica %d) lacks %s.%s", h.Addr, h.Shard, h.Replica, m.database, strings.Join(lacks, ", "+m.database+".")))
+		}
+	}
+	return missing, nil
+}
+
+// hostSchema is a host of the cluster that answered, with the tables and
+// views of the database it holds.
+type hostSchema struct {
+	clusterHost
+	tables map[string]hostTable
+}
+
+// answeringHosts reads the database's tables on every host of the cluster.
+// A host that does not answer is left out; none answering is an error.
+func (m *migrator) answeringHosts(ctx context.Context) ([]hostSchema, error) {
+	hosts, err := m.clusterHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var answered []hostSchema
 	for _, h := range hosts {
 		have, err := m.hostTables(ctx, h.Addr)
 		if err != nil {
@@ -483,21 +511,12 @@ func (m *migrator) missingObjects(ctx context.Context, ms []migration) ([]string
 			}
 			return nil, err
 		}
-		answered++
-		var lacks []string
-		for _, name := range want {
-			if _, ok := have[name]; !ok {
-				lacks = append(lacks, name)
-			}
-		}
-		if len(lacks) > 0 {
-			missing = append(missing, fmt.Sprintf("host %s (shard %d, replica %d) lacks %s.%s", h.Addr, h.Shard, h.Replica, m.database, strings.Join(lacks, ", "+m.database+".")))
-		}
+		answered = append(answered, hostSchema{clusterHost: h, tables: have})
 	}
-	if answered == 0 {
+	if len(answered) == 0 {
 		return nil, fmt.Errorf("clickhouse cluster %s: none of its %d hosts answered", m.cluster, len(hosts))
 	}
-	return missing, nil
+	return answered, nil
 }
 
 // unreachableHost are the ClickHouse error codes of remote() that mean the
@@ -547,32 +566,20 @@ func (m *migrator) hostTables(ctx context.Context, addr string) (map[string]host
 // macros in the stored definition, so each host fills in its own; IF NOT
 // EXISTS ON CLUSTER changes nothing where the table is.
 func (m *migrator) recreateReplicas(ctx context.Context) error {
-	hosts, err := m.clusterHosts(ctx)
+	hosts, err := m.answeringHosts(ctx)
 	if err != nil {
 		return err
 	}
-	var tables []map[string]hostTable
-	for _, h := range hosts {
-		have, err := m.hostTables(ctx, h.Addr)
-		if err != nil {
-			var ex *clickhouse.Exception
-			if errors.As(err, &ex) && unreachableHost[ex.Code] {
-				continue
-			}
-			return err
-		}
-		tables = append(tables, have)
-	}
 	defs := map[string]string{}
-	for _, have := range tables {
-		for name, t := range have {
+	for _, h := range hosts {
+		for name, t := range h.tables {
 			if strings.HasPrefix(t.engine, "Replicated") && defs[name] == "" {
 				defs[name] = t.create
 			}
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(defs)) {
-		if !slices.ContainsFunc(tables, func(have map[string]hostTable) bool { _, ok := have[name]; return !ok }) {
+		if !slices.ContainsFunc(hosts, func(h hostSchema) bool { _, ok := h.tables[name]; return !ok }) {
 			continue
 		}
 		head := "CREATE TABLE " + m.database + "." + name + " "
