@@ -282,6 +282,24 @@ emoflow.tlsMount / emoflow.tlsVolume under /etc/emoflow/tls/<dir>.
 {{- end }}
 {{- end -}}
 
+{{/*
+Kafka environment of a consumer-group stage (ingest, sink, alerter); dict
+"root" . "component" "sink": brokers, its group, the partition count of the
+topics it creates, the events topic, TLS and SASL.
+*/}}
+{{- define "emoflow.consumerEnv" -}}
+{{- $c := index .root.Values .component -}}
+- name: EMOFLOW_KAFKA_BROKERS
+  value: {{ .root.Values.kafka.brokers | quote }}
+- name: EMOFLOW_GROUP_ID
+  value: {{ $c.groupId | quote }}
+- name: EMOFLOW_TOPIC_PARTITIONS
+  value: {{ .root.Values.kafka.topicPartitions | quote }}
+- name: EMOFLOW_EVENTS_TOPIC
+  value: {{ .root.Values.kafka.eventsTopic | quote }}
+{{ include "emoflow.kafkaEnv" .root }}
+{{- end -}}
+
 {{/* KEDA TriggerAuthentication for the Kafka scaler, when Kafka needs SASL or TLS. */}}
 {{- define "emoflow.kafkaAuthName" -}}
 {{- printf "%s-kafka" (include "emoflow.fullname" .) -}}
