@@ -4,72 +4,7 @@
 // uint16) or float32 (dtype 6). Every rounding to bfloat16 sits where the
 // libtorch operations these kernels replace round, so results match them.
 
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "kernels.h"
-
-static inline float ef_bf16_to_f32(uint16_t b) {
-	uint32_t u = (uint32_t)b << 16;
-	float f;
-	memcpy(&f, &u, sizeof f);
-	return f;
-}
-
-// Round to nearest, ties to even, as libtorch's float-to-bfloat16 cast.
-static inline uint16_t ef_f32_to_bf16(float f) {
-	uint32_t u;
-	memcpy(&u, &f, sizeof u);
-	if ((u & 0x7fffffffu) > 0x7f800000u) {
-		return (uint16_t)((u >> 16) | 0x40u); // NaN stays a quiet NaN
-	}
-	u += 0x7fffu + ((u >> 16) & 1u);
-	return (uint16_t)(u >> 16);
-}
-
-static inline float ef_load(const void *p, int dtype, int64_t i) {
-	if (dtype == EF_BF16) {
-		return ef_bf16_to_f32(((const uint16_t *)p)[i]);
-	}
-	return ((const float *)p)[i];
-}
-
-// Rounds v to the element type (identity for float32).
-static inline float ef_round(float v, int dtype) {
-	return dtype == EF_BF16 ? ef_bf16_to_f32(ef_f32_to_bf16(v)) : v;
-}
-
-static inline void ef_store(void *p, int dtype, int64_t i, float v) {
-	if (dtype == EF_BF16) {
-		((uint16_t *)p)[i] = ef_f32_to_bf16(v);
-	} else {
-		((float *)p)[i] = v;
-	}
-}
-
-// exp(x) for x in [-87, 88] (clamped), within 2 ulp: x = k·ln2 + r with
-// |r| <= ln2/2, exp(r) by a degree-7 Taylor-like minimax polynomial, 2^k
-// built in the exponent bits. Branch-free, so loops over it vectorise.
-static inline float ef_exp(float x) {
-	x = x < -87.0f ? -87.0f : x;
-	x = x > 88.0f ? 88.0f : x;
-	float k = floorf(x * 1.44269504088896341f + 0.5f);
-	float r = x - k * 0.693359375f;
-	r = r + k * 2.12194440e-4f;
-	float p = 1.9875691500e-4f;
-	p = p * r + 1.3981999507e-3f;
-	p = p * r + 8.3334519073e-3f;
-	p = p * r + 4.1665795894e-2f;
-	p = p * r + 1.6666665459e-1f;
-	p = p * r + 5.0000001201e-1f;
-	p = p * r * r + r + 1.0f;
-	uint32_t bits = (uint32_t)((int32_t)k + 127) << 23;
-	float scale;
-	memcpy(&scale, &bits, sizeof scale);
-	return p * scale;
-}
+#include "kernels_common.h"
 
 static float ef_row_max(const void *x, int dtype, int64_t n) {
 	float m = -INFINITY;
@@ -86,30 +21,6 @@ static float ef_row_sum_exp(const void *x, int dtype, int64_t n, float max) {
 		s += ef_exp(ef_load(x, dtype, i) - max);
 	}
 	return s;
-}
-
-// ef_lse_fold folds one row's chunk maximum into its running maximum and
-// sum of exponentials: the sum so far is rescaled to the new maximum. It
-// returns the maximum the chunk's exponentials are to be taken against,
-// or NaN when the chunk adds nothing (everything so far is -inf).
-static float ef_lse_fold(float chunk_max, float *max, float *sum) {
-	if (chunk_max > *max) {
-		*sum = isinf(*max) ? 0 : *sum * expf(*max - chunk_max);
-		*max = chunk_max;
-	}
-	return isinf(*max) && *max < 0 ? NAN : *max;
-}
-
-// ef_lse_pick_targets copies the targets of row r that fall in the chunk
-// [c0, c0+n) into picked.
-static void ef_lse_pick_targets(const void *row, int dtype, int64_t r, int64_t n, int64_t c0, const int64_t *targets,
-                                int64_t width, float *picked) {
-	for (int64_t j = 0; j < width; j++) {
-		int64_t t = targets[r * width + j] - c0;
-		if (t >= 0 && t < n) {
-			picked[r * width + j] = ef_load(row, dtype, t);
-		}
-	}
 }
 
 static void ef_lse_update_scalar(const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
@@ -185,237 +96,6 @@ static void ef_rotary_scalar(const void *x, int dtype, int64_t r0, int64_t r1, i
 	}
 }
 
-// AVX-512 versions: 16 floats a vector, tails under a mask. They compute
-// what the scalar versions compute, in the same order per element.
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-
-#define EF_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
-
-EF_AVX512 static inline __m512 ef_v_load(const void *p, int dtype, int64_t i, __mmask16 m) {
-	if (dtype == EF_BF16) {
-		__m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i);
-		return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-	}
-	return _mm512_maskz_loadu_ps(m, (const float *)p + i);
-}
-
-EF_AVX512 static inline __m256i ef_v_bf16(__m512 v) {
-	__m512i u = _mm512_castps_si512(v);
-	__m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-	__m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-	__mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-	r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-	return _mm512_cvtepi32_epi16(r);
-}
-
-EF_AVX512 static inline __m512 ef_v_round(__m512 v, int dtype) {
-	if (dtype != EF_BF16) {
-		return v;
-	}
-	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(ef_v_bf16(v)), 16));
-}
-
-EF_AVX512 static inline void ef_v_store(void *p, int dtype, int64_t i, __m512 v, __mmask16 m) {
-	if (dtype == EF_BF16) {
-		_mm256_mask_storeu_epi16((uint16_t *)p + i, m, ef_v_bf16(v));
-	} else {
-		_mm512_mask_storeu_ps((float *)p + i, m, v);
-	}
-}
-
-EF_AVX512 static inline __m512 ef_v_exp(__m512 x) {
-	x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-	x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
-	__m512 k = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-	                                _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-	__m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-	r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
-	__m512 p = _mm512_set1_ps(1.9875691500e-4f);
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-	p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-	__m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
-	return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
-
-static inline __mmask16 ef_tail(int64_t left) {
-	return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-}
-
-EF_AVX512 static void ef_lse_update_avx512(const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
-                                           const int64_t *targets, int64_t width, float *max, float *sum, float *picked) {
-	size_t esize = dtype == EF_BF16 ? 2 : 4;
-	for (int64_t r = r0; r < r1; r++) {
-		const void *row = (const char *)x + (size_t)r * (size_t)n * esize;
-		__m512 vmax = _mm512_set1_ps(-INFINITY);
-		for (int64_t i = 0; i < n; i += 16) {
-			__mmask16 m = ef_tail(n - i);
-			vmax = _mm512_mask_max_ps(vmax, m, vmax, ef_v_load(row, dtype, i, m));
-		}
-		float mx = ef_lse_fold(_mm512_reduce_max_ps(vmax), &max[r], &sum[r]);
-		if (!isnan(mx)) {
-			__m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
-			for (int64_t i = 0; i < n; i += 16) {
-				__mmask16 m = ef_tail(n - i);
-				__m512 e = ef_v_exp(_mm512_sub_ps(ef_v_load(row, dtype, i, m), vm));
-				vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
-			}
-			sum[r] += _mm512_reduce_add_ps(vsum);
-		}
-		ef_lse_pick_targets(row, dtype, r, n, c0, targets, width, picked);
-	}
-}
-
-EF_AVX512 static void ef_rms_norm_avx512(const void *x, const void *add, const void *weight, int dtype, int64_t r0,
-                                         int64_t r1, int64_t dim, float eps, void *sum, void *out) {
-	size_t esize = dtype == EF_BF16 ? 2 : 4;
-	for (int64_t r = r0; r < r1; r++) {
-		size_t at = (size_t)r * (size_t)dim * esize;
-		const void *row = (const char *)x + at;
-		void *orow = (char *)out + at;
-		if (add != NULL) {
-			void *srow = (char *)sum + at;
-			for (int64_t i = 0; i < dim; i += 16) {
-				__mmask16 m = ef_tail(dim - i);
-				__m512 v = _mm512_add_ps(ef_v_load(row, dtype, i, m), ef_v_load((const char *)add + at, dtype, i, m));
-				ef_v_store(srow, dtype, i, v, m);
-			}
-			row = srow;
-		}
-		__m512 acc = _mm512_setzero_ps();
-		for (int64_t i = 0; i < dim; i += 16) {
-			__m512 v = ef_v_load(row, dtype, i, ef_tail(dim - i));
-			acc = _mm512_fmadd_ps(v, v, acc);
-		}
-		__m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)dim + eps));
-		for (int64_t i = 0; i < dim; i += 16) {
-			__mmask16 m = ef_tail(dim - i);
-			__m512 y = _mm512_mul_ps(ef_v_load(row, dtype, i, m), inv);
-			ef_v_store(orow, dtype, i, _mm512_mul_ps(ef_v_load(weight, dtype, i, m), y), m);
-		}
-	}
-}
-
-EF_AVX512 static void ef_silu_mul_avx512(const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out) {
-	size_t esize = dtype == EF_BF16 ? 2 : 4;
-	__m512 one = _mm512_set1_ps(1.0f);
-	for (int64_t r = r0; r < r1; r++) {
-		const void *gate = (const char *)u + (size_t)r * (size_t)(2 * ffn) * esize;
-		const void *up = (const char *)gate + (size_t)ffn * esize;
-		void *orow = (char *)out + (size_t)r * (size_t)ffn * esize;
-		for (int64_t i = 0; i < ffn; i += 16) {
-			__mmask16 m = ef_tail(ffn - i);
-			__m512 g = ef_v_load(gate, dtype, i, m);
-			__m512 e = ef_v_exp(_mm512_sub_ps(_mm512_setzero_ps(), g));
-			// g / (1 + e) through a reciprocal refined by one Newton step
-			// (within an ulp or two of the quotient, at a fraction of a
-			// division's cost)
-			__m512 den = _mm512_add_ps(one, e);
-			__m512 r = _mm512_rcp14_ps(den);
-			r = _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.0f)));
-			__m512 act = ef_v_round(_mm512_mul_ps(g, r), dtype);
-			ef_v_store(orow, dtype, i, _mm512_mul_ps(act, ef_v_load(up, dtype, i, m)), m);
-		}
-	}
-}
-
-EF_AVX512 static void ef_rotary_avx512(const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,
-                                       int64_t head_dim, const void *cos, const void *sin, void *out) {
-	size_t esize = dtype == EF_BF16 ? 2 : 4;
-	for (int64_t r = r0; r < r1; r++) {
-		const char *row = (const char *)x + (size_t)r * (size_t)row_stride * esize;
-		const void *c = (const char *)cos + (size_t)r * (size_t)head_dim * esize;
-		const void *s = (const char *)sin + (size_t)r * (size_t)head_dim * esize;
-		char *orow = (char *)out + (size_t)r * (size_t)(heads * head_dim) * esize;
-		for (int64_t d = 0; d < head_dim; d += 16) {
-			__mmask16 m = ef_tail(head_dim - d);
-			__m512 vc = ef_v_load(c, dtype, d, m), vs = ef_v_load(s, dtype, d, m);
-			for (int64_t h = 0; h < heads; h++) {
-				const void *v = row + (size_t)(h * head_dim) * esize;
-				__m512 xv = ef_v_load(v, dtype, d, m);
-				// pairs never straddle a vector: d and head_dim are even
-				__m512 sw = _mm512_permute_ps(xv, 0xB1);
-				__m512 a = ef_v_round(_mm512_mul_ps(xv, vc), dtype);
-				__m512 b = ef_v_round(_mm512_mul_ps(sw, vs), dtype);
-				ef_v_store(orow + (size_t)(h * head_dim) * esize, dtype, d, _mm512_add_ps(a, b), m);
-			}
-		}
-	}
-}
-
-static int ef_has_avx512(void) {
-	return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-	       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-}
-#else
-// Other processors run the portable versions only.
-static int ef_has_avx512(void) { return 0; }
-#define ef_lse_update_avx512 ef_lse_update_scalar
-#define ef_rms_norm_avx512 ef_rms_norm_scalar
-#define ef_silu_mul_avx512 ef_silu_mul_scalar
-#define ef_rotary_avx512 ef_rotary_scalar
-#endif
-
-// The entry points: simd (from ef_simd) picks the AVX-512 versions (1)
-// and, for attention in bfloat16, the BF16 dot products (2).
-
-int ef_simd(void) {
-#if defined(__x86_64__)
-	if (ef_has_avx512() && __builtin_cpu_supports("avx512bf16")) {
-		return 2;
-	}
-#endif
-	return ef_has_avx512();
-}
-
-int ef_fast_bf16(void) {
-#if defined(__x86_64__)
-	return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
-#else
-	return 0;
-#endif
-}
-
-void ef_lse_update(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
-                   const int64_t *targets, int64_t width, float *max, float *sum, float *picked) {
-	if (simd) {
-		ef_lse_update_avx512(x, dtype, r0, r1, n, c0, targets, width, max, sum, picked);
-	} else {
-		ef_lse_update_scalar(x, dtype, r0, r1, n, c0, targets, width, max, sum, picked);
-	}
-}
-
-void ef_rms_norm(int simd, const void *x, const void *add, const void *weight, int dtype, int64_t r0, int64_t r1,
-                 int64_t dim, float eps, void *sum, void *out) {
-	if (simd) {
-		ef_rms_norm_avx512(x, add, weight, dtype, r0, r1, dim, eps, sum, out);
-	} else {
-		ef_rms_norm_scalar(x, add, weight, dtype, r0, r1, dim, eps, sum, out);
-	}
-}
-
-void ef_silu_mul(int simd, const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out) {
-	if (simd) {
-		ef_silu_mul_avx512(u, dtype, r0, r1, ffn, out);
-	} else {
-		ef_silu_mul_scalar(u, dtype, r0, r1, ffn, out);
-	}
-}
-
-void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,
-               int64_t head_dim, const void *cos, const void *sin, void *out) {
-	if (simd) {
-		ef_rotary_avx512(x, dtype, r0, r1, row_stride, heads, head_dim, cos, sin, out);
-	} else {
-		ef_rotary_scalar(x, dtype, r0, r1, row_stride, heads, head_dim, cos, sin, out);
-	}
-}
-
 // Attention with grouped keys and values after an optional past, as
 // libtorch's scaled_dot_product_attention computes it on the CPU (the
 // "math" path, which a boolean mask selects): queries and keys are each
@@ -431,31 +111,6 @@ void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64
 // qs2), k and v [B, G, L, hd] by (ks*, vs*), the past keys and values
 // [R, G, P, hd] by (pks*, pvs*), with R = 1 (shared by every row) or B. visible is [B, L, P+L];
 // out is [B, L, H·hd]. The arguments (ef_attention_args) are in kernels.h.
-
-// ef_attention_tasks runs tasks [t0, t1); simd picks the AVX-512 loops. It
-// returns -1 when its scratch memory cannot be allocated.
-static int ef_attention_tasks(const ef_attention_args *a, int64_t t0, int64_t t1, int simd);
-
-int ef_attention(int simd, const ef_attention_args *a, int64_t t0, int64_t t1) {
-	return ef_attention_tasks(a, t0, t1, simd);
-}
-
-// ef_key_at finds key j of task (b, g) — the past's first, then the rows'
-// own — and its value: their tensors and element offsets.
-static inline void ef_key_at(const ef_attention_args *a, int64_t b, int64_t g, int64_t j, const void **kr, int64_t *ko,
-                             const void **vr, int64_t *vo) {
-	if (j < a->P) {
-		int64_t pb = a->past_shared ? 0 : b;
-		*kr = a->pk, *vr = a->pv;
-		*ko = pb * a->pks[0] + g * a->pks[1] + j * a->pks[2];
-		*vo = pb * a->pvs[0] + g * a->pvs[1] + j * a->pvs[2];
-		return;
-	}
-	int64_t l = j - a->P;
-	*kr = a->k, *vr = a->v;
-	*ko = b * a->ks[0] + g * a->ks[1] + l * a->ks[2];
-	*vo = b * a->vs[0] + g * a->vs[1] + l * a->vs[2];
-}
 
 // ef_keys fills kt [hd][T] (transposed, scaled, rounded) and vv [T][hd] for
 // task (b, g).
@@ -492,367 +147,21 @@ static void ef_softmax_row(float *s, const uint8_t *vis, int64_t n, int dtype) {
 }
 
 // y[0:n] += a·x[0:n]
-static void ef_axpy_scalar(float a, const float *x, float *y, int64_t n) {
+static void ef_axpy(float a, const float *x, float *y, int64_t n) {
 	for (int64_t i = 0; i < n; i++) {
 		y[i] += a * x[i];
 	}
 }
 
-static void ef_round_row_scalar(float *x, int64_t n, int dtype) {
+static void ef_round_row(float *x, int64_t n, int dtype) {
 	for (int64_t i = 0; i < n; i++) {
 		x[i] = ef_round(x[i], dtype);
 	}
 }
 
-#if defined(__x86_64__)
-EF_AVX512 static void ef_axpy_avx512(float a, const float *x, float *y, int64_t n) {
-	__m512 va = _mm512_set1_ps(a);
-	for (int64_t i = 0; i < n; i += 16) {
-		__mmask16 m = ef_tail(n - i);
-		__m512 vy = _mm512_maskz_loadu_ps(m, y + i);
-		_mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), vy));
-	}
-}
-
-EF_AVX512 static void ef_round_row_avx512(float *x, int64_t n, int dtype) {
-	if (dtype != EF_BF16) {
-		return;
-	}
-	for (int64_t i = 0; i < n; i += 16) {
-		__mmask16 m = ef_tail(n - i);
-		_mm512_mask_storeu_ps(x + i, m, ef_v_round(_mm512_maskz_loadu_ps(m, x + i), dtype));
-	}
-}
-
-EF_AVX512 static void ef_softmax_row_avx512(float *s, const uint8_t *vis, int64_t n, int dtype) {
-	__m512 vmax = _mm512_set1_ps(-INFINITY);
-	for (int64_t j = 0; j < n; j += 16) {
-		__mmask16 m = ef_tail(n - j);
-		__mmask16 seen = _mm512_mask_test_epi32_mask(m, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, vis + j)),
-		                                             _mm512_set1_epi32(0xff));
-		vmax = _mm512_mask_max_ps(vmax, seen, vmax, _mm512_maskz_loadu_ps(m, s + j));
-	}
-	__m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-	__m512 vsum = _mm512_setzero_ps();
-	for (int64_t j = 0; j < n; j += 16) {
-		__mmask16 m = ef_tail(n - j);
-		__mmask16 seen = _mm512_mask_test_epi32_mask(m, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, vis + j)),
-		                                             _mm512_set1_epi32(0xff));
-		__m512 e = _mm512_maskz_mov_ps(seen, ef_v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), mx)));
-		_mm512_mask_storeu_ps(s + j, m, e);
-		vsum = _mm512_add_ps(vsum, e);
-	}
-	__m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
-	for (int64_t j = 0; j < n; j += 16) {
-		__mmask16 m = ef_tail(n - j);
-		_mm512_mask_storeu_ps(s + j, m, ef_v_round(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), inv), dtype));
-	}
-}
-#else
-#define ef_axpy_avx512 ef_axpy_scalar
-#define ef_round_row_avx512 ef_round_row_scalar
-#define ef_softmax_row_avx512 ef_softmax_row
-#endif
-
-#if defined(__x86_64__)
-// ef_keys_avx512 is ef_keys with vector loads: each key row's scaled,
-// rounded elements are scattered into their column of kt.
-EF_AVX512 static void ef_keys_avx512(const ef_attention_args *a, int64_t b, int64_t g, int64_t T, float *kt, float *vv) {
-	int dtype = a->dtype;
-	__m512 sq = _mm512_set1_ps(sqrtf(a->scale));
-	__m512i column = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-	                                     _mm512_set1_epi32((int)T));
-	for (int64_t j = 0; j < a->P + a->L; j++) {
-		const void *kr, *vr;
-		int64_t ko, vo;
-		ef_key_at(a, b, g, j, &kr, &ko, &vr, &vo);
-		for (int64_t d = 0; d < a->hd; d += 16) {
-			__mmask16 m = ef_tail(a->hd - d);
-			__m512 k = ef_v_round(_mm512_mul_ps(ef_v_load(kr, dtype, ko + d, m), sq), dtype);
-			_mm512_mask_i32scatter_ps(kt + d * T + j, m, column, k, 4);
-			_mm512_mask_storeu_ps(vv + j * a->hd + d, m, ef_v_load(vr, dtype, vo + d, m));
-		}
-	}
-}
-
-// ef_query_block sets up queries l0 .. l0+nq-1 of batch row b, four at a
-// time: vis[i] is query i's visibility row (the first query's for i >= nq,
-// which are computed but never stored), any[i] whether it sees a key.
-static inline void ef_query_block(const ef_attention_args *a, int64_t b, int64_t l0, int nq, const uint8_t *vis[4],
-                                  int any[4]) {
-	int64_t T = a->P + a->L;
-	for (int i = 0; i < 4; i++) {
-		vis[i] = a->visible + (b * a->L + l0 + (i < nq ? i : 0)) * T;
-		any[i] = 0;
-		for (int64_t j = 0; i < nq && j < T; j++) {
-			any[i] |= vis[i][j];
-		}
-	}
-}
-
-// ef_v_query is dimensions [d, d+16) of query (b, h, l), scaled by sq
-// (sqrt of the scale) and rounded, as both AVX-512 versions read it.
-EF_AVX512 static inline __m512 ef_v_query(const ef_attention_args *a, int64_t b, int64_t h, int64_t l, int64_t d, __m512 sq,
-                                         __mmask16 m) {
-	int64_t qo = b * a->qs[0] + h * a->qs[1] + l * a->qs[2];
-	return ef_v_round(_mm512_mul_ps(ef_v_load(a->q, a->dtype, qo + d, m), sq), a->dtype);
-}
-
-// ef_attention_tasks_avx512 is ef_attention_tasks for AVX-512: the keys of
-// a task are transposed into kt [hd][Tp] (Tp: T rounded up to 16, zero
-// padded) and the values kept as vv [T][hd], both float32; queries go four
-// at a time, so that each vector of keys or values loaded serves four
-// fused multiply-adds.
-EF_AVX512 static int ef_attention_tasks_avx512(const ef_attention_args *a, int64_t t0, int64_t t1) {
-	enum { NQ = 4 };
-	int dtype = a->dtype;
-	int64_t hd = a->hd, T = a->P + a->L, Tp = (T + 15) / 16 * 16, per = a->H / a->G;
-	float *kt = malloc(sizeof(float) * (size_t)(hd * Tp + T * hd + NQ * Tp + NQ * hd));
-	if (kt == NULL) {
-		return -1;
-	}
-	float *vv = kt + hd * Tp, *sc = vv + T * hd, *qv = sc + NQ * Tp;
-	float sq = sqrtf(a->scale);
-	size_t esize = dtype == EF_BF16 ? 2 : 4;
-	for (int64_t t = t0; t < t1; t++) {
-		int64_t b = t / a->G, g = t % a->G;
-		memset(kt, 0, sizeof(float) * (size_t)(hd * Tp));
-		ef_keys_avx512(a, b, g, Tp, kt, vv);
-		for (int64_t h = g * per; h < (g + 1) * per; h++) {
-			for (int64_t l0 = 0; l0 < a->L; l0 += NQ) {
-				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
-				const uint8_t *vis[NQ];
-				int any[NQ];
-				ef_query_block(a, b, l0, nq, vis, any);
-				for (int i = 0; i < NQ; i++) {
-					for (int64_t d = 0; d < hd; d += 16) {
-						__mmask16 m = ef_tail(hd - d);
-						__m512 q = ef_v_query(a, b, h, l0 + (i < nq ? i : 0), d, _mm512_set1_ps(sq), m);
-						_mm512_mask_storeu_ps(qv + i * hd + d, m, q);
-					}
-				}
-				// scores: sc[i][j] = qv[i] · k_j, rounded
-				for (int64_t j = 0; j < Tp; j += 16) {
-					__m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-					for (int64_t d = 0; d < hd; d++) {
-						__m512 kv = _mm512_loadu_ps(kt + d * Tp + j);
-						s0 = _mm512_fmadd_ps(_mm512_set1_ps(qv[d]), kv, s0);
-						s1 = _mm512_fmadd_ps(_mm512_set1_ps(qv[hd + d]), kv, s1);
-						s2 = _mm512_fmadd_ps(_mm512_set1_ps(qv[2 * hd + d]), kv, s2);
-						s3 = _mm512_fmadd_ps(_mm512_set1_ps(qv[3 * hd + d]), kv, s3);
-					}
-					_mm512_storeu_ps(sc + j, ef_v_round(s0, dtype));
-					_mm512_storeu_ps(sc + Tp + j, ef_v_round(s1, dtype));
-					_mm512_storeu_ps(sc + 2 * Tp + j, ef_v_round(s2, dtype));
-					_mm512_storeu_ps(sc + 3 * Tp + j, ef_v_round(s3, dtype));
-				}
-				for (int i = 0; i < nq; i++) {
-					if (any[i]) {
-						ef_softmax_row_avx512(sc + i * Tp, vis[i], T, dtype);
-					}
-				}
-				// outputs: o[i] = Σ_j sc[i][j] v_j over the keys query i sees
-				for (int64_t d = 0; d < hd; d += 16) {
-					__mmask16 m = ef_tail(hd - d);
-					__m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
-					for (int64_t j = 0; j < T; j++) {
-						int seen = vis[0][j] | vis[1][j] | vis[2][j] | vis[3][j];
-						if (!seen) {
-							continue;
-						}
-						__m512 vj = _mm512_maskz_loadu_ps(m, vv + j * hd + d);
-						// the softmax left weight 0 on a key its query does not
-						// see (rows past nq are never stored)
-						o0 = _mm512_fmadd_ps(_mm512_set1_ps(sc[j]), vj, o0);
-						o1 = _mm512_fmadd_ps(_mm512_set1_ps(sc[Tp + j]), vj, o1);
-						o2 = _mm512_fmadd_ps(_mm512_set1_ps(sc[2 * Tp + j]), vj, o2);
-						o3 = _mm512_fmadd_ps(_mm512_set1_ps(sc[3 * Tp + j]), vj, o3);
-					}
-					__m512 os[NQ] = {o0, o1, o2, o3};
-					for (int i = 0; i < nq; i++) {
-						char *o = (char *)a->out + (size_t)((b * a->L + l0 + i) * a->H + h) * (size_t)hd * esize;
-						ef_v_store(o, dtype, d, any[i] ? os[i] : _mm512_setzero_ps(), m);
-					}
-				}
-			}
-		}
-	}
-	free(kt);
-	return 0;
-}
-#endif
-
-#if defined(__x86_64__)
-#define EF_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
-
-// ef_bf16_pairs packs 16 bfloat16 values of a and 16 of b (raw bits) as 16
-// 32-bit pairs (a_i, b_i): the operand layout of the BF16 dot products.
-EF_AVX512BF16 static inline __m512i ef_bf16_pairs(__m256i a, __m256i b) {
-	return _mm512_or_si512(_mm512_cvtepu16_epi32(a), _mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
-}
-
-// ef_dot4x2 is the inner loop of both products of ef_attention_tasks_bf16dot:
-// for steps t (steps[0..n) or, without steps, 0..n), four broadcast
-// bfloat16 pairs a[i·astride + t] against two vectors of 16 pairs
-// b[t·bstride ..] and b[t·bstride + 16 ..], summed into out[2i] and
-// out[2i+1]. Eight independent sums keep the dot products' pipeline full.
-EF_AVX512BF16 static inline void ef_dot4x2(const uint32_t *a, int64_t astride, const uint32_t *b, int64_t bstride,
-                                           const uint32_t *steps, int64_t n, __m512 out[8]) {
-	__m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-	for (int64_t k = 0; k < n; k++) {
-		int64_t t = steps != NULL ? (int64_t)steps[k] : k;
-		__m512bh b0 = (__m512bh)_mm512_loadu_si512(b + t * bstride);
-		__m512bh b1 = (__m512bh)_mm512_loadu_si512(b + t * bstride + 16);
-		__m512bh a0 = (__m512bh)_mm512_set1_epi32((int)a[t]);
-		__m512bh a1 = (__m512bh)_mm512_set1_epi32((int)a[astride + t]);
-		__m512bh a2 = (__m512bh)_mm512_set1_epi32((int)a[2 * astride + t]);
-		__m512bh a3 = (__m512bh)_mm512_set1_epi32((int)a[3 * astride + t]);
-		s0 = _mm512_dpbf16_ps(s0, a0, b0);
-		s1 = _mm512_dpbf16_ps(s1, a0, b1);
-		s2 = _mm512_dpbf16_ps(s2, a1, b0);
-		s3 = _mm512_dpbf16_ps(s3, a1, b1);
-		s4 = _mm512_dpbf16_ps(s4, a2, b0);
-		s5 = _mm512_dpbf16_ps(s5, a2, b1);
-		s6 = _mm512_dpbf16_ps(s6, a3, b0);
-		s7 = _mm512_dpbf16_ps(s7, a3, b1);
-	}
-	out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
-}
-
-// ef_attention_tasks_bf16dot is ef_attention_tasks_avx512 for bfloat16 on
-// CPUs with AVX-512 BF16: the products of the scores and of the outputs go
-// through vdpbf16ps, two bfloat16 products a lane and instruction, which
-// halves the multiply-adds. Its operands are bfloat16 already (the rounded
-// scaled queries and keys, the rounded probabilities, the values), whose
-// products float32 holds exactly; only the order of the float32 sums
-// differs. Keys are kept as kp [hd/2][Tp] pairs of dimensions, values as
-// vp [Tp/2][hd] pairs of keys; hd must be a multiple of 32.
-EF_AVX512BF16 static int ef_attention_tasks_bf16dot(const ef_attention_args *a, int64_t t0, int64_t t1) {
-	enum { NQ = 4 };
-	// Tp: T rounded up to 32, so that probabilities pack 32 at a time
-	int64_t hd = a->hd, T = a->P + a->L, Tp = (T + 31) / 32 * 32, per = a->H / a->G, hd2 = hd / 2, Tp2 = Tp / 2;
-	size_t words = (size_t)(hd2 * Tp + Tp2 * hd + NQ * hd2 + NQ * Tp2 + Tp2);
-	uint32_t *kp = malloc(sizeof(uint32_t) * words + sizeof(float) * (size_t)(NQ * Tp));
-	if (kp == NULL) {
-		return -1;
-	}
-	uint32_t *vp = kp + hd2 * Tp, *qp = vp + Tp2 * hd, *pp = qp + NQ * hd2, *pairs = pp + NQ * Tp2;
-	float *sc = (float *)(pairs + Tp2);
-	__m512 sq = _mm512_set1_ps(sqrtf(a->scale));
-	__m256i kcol = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)Tp));
-	static const uint16_t odd_halves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
-	                                        33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
-	__m512i odd = _mm512_loadu_si512(odd_halves);
-	for (int64_t t = t0; t < t1; t++) {
-		int64_t b = t / a->G, g = t % a->G;
-		memset(kp, 0, sizeof(uint32_t) * (size_t)(hd2 * Tp + Tp2 * hd));
-		for (int64_t j = 0; j < T; j++) {
-			const void *kr, *vr;
-			int64_t ko, vo;
-			ef_key_at(a, b, g, j, &kr, &ko, &vr, &vo);
-			for (int64_t d = 0; d < hd; d += 16) {
-				// scaled key, rounded: dimensions (d+2i, d+2i+1) are pair i,
-				// which goes to row d/2+i of kp, column j
-				__m256i k = ef_v_bf16(_mm512_mul_ps(ef_v_load(kr, EF_BF16, ko + d, 0xffff), sq));
-				_mm256_i32scatter_epi32(kp + (d / 2) * Tp + j, kcol, k, 4);
-			}
-		}
-		for (int64_t j = 0; j < T; j += 2) {
-			const void *vr0, *vr1, *kr;
-			int64_t vo0, vo1, ko;
-			ef_key_at(a, b, g, j, &kr, &ko, &vr0, &vo0);
-			if (j + 1 < T) {
-				ef_key_at(a, b, g, j + 1, &kr, &ko, &vr1, &vo1);
-			}
-			for (int64_t d = 0; d < hd; d += 16) {
-				__m256i v0 = _mm256_loadu_si256((const __m256i *)((const uint16_t *)vr0 + vo0 + d));
-				__m256i v1 = j + 1 < T ? _mm256_loadu_si256((const __m256i *)((const uint16_t *)vr1 + vo1 + d))
-				                       : _mm256_setzero_si256();
-				_mm512_storeu_si512(vp + (j / 2) * hd + d, ef_bf16_pairs(v0, v1));
-			}
-		}
-		for (int64_t h = g * per; h < (g + 1) * per; h++) {
-			for (int64_t l0 = 0; l0 < a->L; l0 += NQ) {
-				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
-				const uint8_t *vis[NQ];
-				int any[NQ];
-				ef_query_block(a, b, l0, nq, vis, any);
-				for (int i = 0; i < NQ; i++) {
-					for (int64_t d = 0; d < hd; d += 16) {
-						// already rounded: its bfloat16 bits are exact
-						__m256i q = ef_v_bf16(ef_v_query(a, b, h, l0 + (i < nq ? i : 0), d, sq, 0xffff));
-						_mm256_storeu_si256((__m256i *)(qp + i * hd2 + d / 2), q);
-					}
-				}
-				// scores: sc[i][j] = q_i · k_j, rounded, 32 keys a step
-				for (int64_t j = 0; j < Tp; j += 32) {
-					__m512 ss[2 * NQ];
-					ef_dot4x2(qp, hd2, kp + j, Tp, NULL, hd2, ss);
-					for (int i = 0; i < NQ; i++) {
-						_mm512_storeu_ps(sc + i * Tp + j, ef_v_round(ss[2 * i], EF_BF16));
-						_mm512_storeu_ps(sc + i * Tp + j + 16, ef_v_round(ss[2 * i + 1], EF_BF16));
-					}
-				}
-				// probabilities as bfloat16 pairs of keys; 0 past T
-				for (int i = 0; i < NQ; i++) {
-					float *si = sc + i * Tp;
-					if (i < nq && any[i]) {
-						ef_softmax_row_avx512(si, vis[i], T, EF_BF16);
-					}
-					for (int64_t j = T; j < Tp; j++) {
-						si[j] = 0;
-					}
-					for (int64_t j = 0; j < Tp; j += 32) {
-						// si holds bfloat16 values, so the high halves of its
-						// floats are exact: the odd 16-bit halves of 32 floats
-						// are 16 pairs (p_j, p_j+1)
-						__m512i lo = _mm512_castps_si512(_mm512_loadu_ps(si + j));
-						__m512i hi = _mm512_castps_si512(_mm512_loadu_ps(si + j + 16));
-						_mm512_storeu_si512(pp + i * Tp2 + j / 2, _mm512_permutex2var_epi16(lo, odd, hi));
-					}
-				}
-				// the key pairs some query of the four sees
-				int64_t np = 0;
-				for (int64_t j = 0; j < T; j += 2) {
-					int seen = vis[0][j] | vis[1][j] | vis[2][j] | vis[3][j];
-					if (j + 1 < T) {
-						seen |= vis[0][j + 1] | vis[1][j + 1] | vis[2][j + 1] | vis[3][j + 1];
-					}
-					if (seen) {
-						pairs[np++] = (uint32_t)(j / 2);
-					}
-				}
-				// outputs: o[i] = Σ_j p[i][j] v_j over the key pairs seen, 32
-				// dimensions a step
-				for (int64_t d = 0; d < hd; d += 32) {
-					__m512 os[2 * NQ];
-					ef_dot4x2(pp, Tp2, vp + d, hd, pairs, np, os);
-					for (int i = 0; i < nq; i++) {
-						uint16_t *o = (uint16_t *)a->out + (size_t)((b * a->L + l0 + i) * a->H + h) * (size_t)hd;
-						ef_v_store(o, EF_BF16, d, any[i] ? os[2 * i] : _mm512_setzero_ps(), 0xffff);
-						ef_v_store(o, EF_BF16, d + 16, any[i] ? os[2 * i + 1] : _mm512_setzero_ps(), 0xffff);
-					}
-				}
-			}
-		}
-	}
-	free(kp);
-	return 0;
-}
-#endif
-
-static int ef_attention_tasks(const ef_attention_args *a, int64_t t0, int64_t t1, int simd) {
-#if defined(__x86_64__)
-	if (simd >= 2 && a->dtype == EF_BF16 && a->hd % 32 == 0) {
-		return ef_attention_tasks_bf16dot(a, t0, t1);
-	}
-	if (simd) {
-		return ef_attention_tasks_avx512(a, t0, t1);
-	}
-#endif
-	void (*axpy)(float, const float *, float *, int64_t) = simd ? ef_axpy_avx512 : ef_axpy_scalar;
-	void (*round_row)(float *, int64_t, int) = simd ? ef_round_row_avx512 : ef_round_row_scalar;
-	void (*softmax)(float *, const uint8_t *, int64_t, int) = simd ? ef_softmax_row_avx512 : ef_softmax_row;
+// ef_attention_scalar runs tasks [t0, t1). It returns -1 when its scratch
+// memory cannot be allocated.
+static int ef_attention_scalar(const ef_attention_args *a, int64_t t0, int64_t t1) {
 	int dtype = a->dtype;
 	int64_t hd = a->hd, T = a->P + a->L, per = a->H / a->G;
 	float *kt = malloc(sizeof(float) * (size_t)(hd * T + T * hd + T + 2 * hd));
@@ -881,16 +190,16 @@ static int ef_attention_tasks(const ef_attention_args *a, int64_t t0, int64_t t1
 				}
 				for (int64_t d = 0; d < hd; d++) {
 					qv[d] = ef_round(ef_load(a->q, dtype, qo + d) * sq, dtype);
-					axpy(qv[d], kt + d * T, sc, T);
+					ef_axpy(qv[d], kt + d * T, sc, T);
 				}
-				round_row(sc, T, dtype);
-				softmax(sc, vis, T, dtype);
+				ef_round_row(sc, T, dtype);
+				ef_softmax_row(sc, vis, T, dtype);
 				for (int64_t d = 0; d < hd; d++) {
 					acc[d] = 0;
 				}
 				for (int64_t j = 0; j < T; j++) {
 					if (vis[j]) {
-						axpy(sc[j], vv + j * hd, acc, hd);
+						ef_axpy(sc[j], vv + j * hd, acc, hd);
 					}
 				}
 				for (int64_t d = 0; d < hd; d++) {
@@ -901,4 +210,62 @@ static int ef_attention_tasks(const ef_attention_args *a, int64_t t0, int64_t t1
 	}
 	free(kt);
 	return 0;
+}
+
+// The entry points: simd (from ef_simd) picks the portable versions (0),
+// the AVX-512 ones (1) or those with AVX-512 BF16 (2).
+
+#if defined(__x86_64__)
+static int ef_has_avx512(void) {
+	return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+	       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+}
+
+#define EF_DISPATCH(simd, f, ...) \
+	((simd) >= 2 ? f##_avx512bf16(__VA_ARGS__) : (simd) ? f##_avx512(__VA_ARGS__) : f##_scalar(__VA_ARGS__))
+#else
+// Other processors run the portable versions only.
+static int ef_has_avx512(void) { return 0; }
+
+#define EF_DISPATCH(simd, f, ...) f##_scalar(__VA_ARGS__)
+#endif
+
+int ef_simd(void) {
+#if defined(__x86_64__)
+	if (ef_has_avx512() && __builtin_cpu_supports("avx512bf16")) {
+		return 2;
+	}
+#endif
+	return ef_has_avx512();
+}
+
+int ef_fast_bf16(void) {
+#if defined(__x86_64__)
+	return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+	return 0;
+#endif
+}
+
+void ef_lse_update(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
+                   const int64_t *targets, int64_t width, float *max, float *sum, float *picked) {
+	EF_DISPATCH(simd, ef_lse_update, x, dtype, r0, r1, n, c0, targets, width, max, sum, picked);
+}
+
+void ef_rms_norm(int simd, const void *x, const void *add, const void *weight, int dtype, int64_t r0, int64_t r1,
+                 int64_t dim, float eps, void *sum, void *out) {
+	EF_DISPATCH(simd, ef_rms_norm, x, add, weight, dtype, r0, r1, dim, eps, sum, out);
+}
+
+void ef_silu_mul(int simd, const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out) {
+	EF_DISPATCH(simd, ef_silu_mul, u, dtype, r0, r1, ffn, out);
+}
+
+void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,
+               int64_t head_dim, const void *cos, const void *sin, void *out) {
+	EF_DISPATCH(simd, ef_rotary, x, dtype, r0, r1, row_stride, heads, head_dim, cos, sin, out);
+}
+
+int ef_attention(int simd, const ef_attention_args *a, int64_t t0, int64_t t1) {
+	return EF_DISPATCH(simd, ef_attention, a, t0, t1);
 }

@@ -32,7 +32,7 @@ type kernels int
 
 const (
 	kernelsBest      kernels = iota // the C kernels where fusable, the CPU's best versions
-	kernelsAVX512                   // the AVX-512 versions without BF16 dot products, where the CPU has them
+	kernelsAVX512                   // the AVX-512 versions without AVX-512 BF16 instructions, where the CPU has AVX-512
 	kernelsScalar                   // the C kernels' portable versions where fusable
 	kernelsComposite                // the libtorch operations, always
 )

@@ -1,6 +1,8 @@
 // Fused CPU kernels of package tensor; see kernels.c. simd != 0 (only
-// where ef_simd() says the CPU has AVX-512) picks the vector versions;
-// simd 2 (AVX-512 BF16 too) also the BF16 dot products of attention.
+// where ef_simd() says the CPU has AVX-512) picks the vector versions
+// (kernels_avx512.h); simd 2 (AVX-512 BF16 too) those that round to
+// bfloat16 in one instruction and multiply attention's operands with the
+// BF16 dot products.
 #include <stdint.h>
 
 enum { EF_F32 = 6, EF_BF16 = 15 };
