@@ -4,6 +4,13 @@
 // uint16) or float32 (dtype 6). Every rounding to bfloat16 sits where the
 // libtorch operations these kernels replace round, so results match them.
 
+// syscall(2), for the AMX permission
+#define _GNU_SOURCE
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
+
 #include "kernels_common.h"
 
 static float ef_row_max(const void *x, int dtype, int64_t n) {
@@ -213,12 +220,25 @@ static int ef_attention_scalar(const ef_attention_args *a, int64_t t0, int64_t t
 }
 
 // The entry points: simd (from ef_simd) picks the portable versions (0),
-// the AVX-512 ones (1) or those with AVX-512 BF16 (2).
+// the AVX-512 ones (1), those with AVX-512 BF16 (2), and for attention the
+// AMX tile unit (3).
 
 #if defined(__x86_64__)
 static int ef_has_avx512(void) {
 	return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
 	       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+}
+
+// ef_amx_permitted asks Linux for the AMX tile data state, which it grants
+// a process only on request (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18,
+// XTILEDATA); without it the first tile instruction kills the process.
+// Asking again is harmless (libtorch's oneDNN asks too).
+static int ef_amx_permitted(void) {
+#if defined(__linux__)
+	return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+	return 0;
+#endif
 }
 
 #define EF_DISPATCH(simd, f, ...) \
@@ -230,13 +250,31 @@ static int ef_has_avx512(void) { return 0; }
 #define EF_DISPATCH(simd, f, ...) f##_scalar(__VA_ARGS__)
 #endif
 
-int ef_simd(void) {
+static int ef_find_simd(void) {
+	if (!ef_has_avx512()) {
+		return 0;
+	}
 #if defined(__x86_64__)
-	if (ef_has_avx512() && __builtin_cpu_supports("avx512bf16")) {
+	if (__builtin_cpu_supports("avx512bf16")) {
+		if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") && ef_amx_permitted()) {
+			return 3;
+		}
 		return 2;
 	}
 #endif
-	return ef_has_avx512();
+	return 1;
+}
+
+int ef_simd(void) {
+	// found once: what the CPU and the kernel allow this process does not
+	// change (a race only computes the same value twice)
+	static int level = -1;
+	int l = __atomic_load_n(&level, __ATOMIC_RELAXED);
+	if (l < 0) {
+		l = ef_find_simd();
+		__atomic_store_n(&level, l, __ATOMIC_RELAXED);
+	}
+	return l;
 }
 
 int ef_fast_bf16(void) {
@@ -267,5 +305,10 @@ void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64
 }
 
 int ef_attention(int simd, const ef_attention_args *a, int64_t t0, int64_t t1) {
+#if defined(__x86_64__)
+	if (simd >= 3) {
+		return ef_attention_amx(a, t0, t1);
+	}
+#endif
 	return EF_DISPATCH(simd, ef_attention, a, t0, t1);
 }

@@ -31,10 +31,11 @@ import (
 type kernels int
 
 const (
-	kernelsBest      kernels = iota // the C kernels where fusable, the CPU's best versions
-	kernelsAVX512                   // the AVX-512 versions without AVX-512 BF16 instructions, where the CPU has AVX-512
-	kernelsScalar                   // the C kernels' portable versions where fusable
-	kernelsComposite                // the libtorch operations, always
+	kernelsBest       kernels = iota // the C kernels where fusable, the CPU's best versions
+	kernelsAVX512BF16                // the AVX-512 versions with AVX-512 BF16 but not AMX, where the CPU has them
+	kernelsAVX512                    // the AVX-512 versions without AVX-512 BF16 instructions, where the CPU has AVX-512
+	kernelsScalar                    // the C kernels' portable versions where fusable
+	kernelsComposite                 // the libtorch operations, always
 )
 
 // simd is the C kernels' simd argument for k.
@@ -42,6 +43,8 @@ func (k kernels) simd() C.int {
 	switch k {
 	case kernelsBest:
 		return C.ef_simd()
+	case kernelsAVX512BF16:
+		return min(C.ef_simd(), 2)
 	case kernelsAVX512:
 		return min(C.ef_simd(), 1)
 	}
@@ -324,8 +327,10 @@ func FusedKernels() string {
 		return "portable C"
 	case 1:
 		return "AVX-512"
+	case 2:
+		return "AVX-512 (attention: BF16 dot products)"
 	}
-	return "AVX-512 (attention: BF16 dot products)"
+	return "AVX-512 (attention: AMX tiles)"
 }
 
 // Attention is multi-head attention with grouped keys and values (heads

@@ -2,7 +2,8 @@
 // where ef_simd() says the CPU has AVX-512) picks the vector versions
 // (kernels_avx512.h); simd 2 (AVX-512 BF16 too) those that round to
 // bfloat16 in one instruction and multiply attention's operands with the
-// BF16 dot products.
+// BF16 dot products; simd 3 (AMX too, and Linux lets the process use it)
+// attention's on the AMX tile unit.
 #include <stdint.h>
 
 enum { EF_F32 = 6, EF_BF16 = 15 };

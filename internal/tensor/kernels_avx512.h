@@ -185,13 +185,21 @@ EF_AVX512 void EF_NAME(ef_rotary)(const void *x, int dtype, int64_t r0, int64_t 
 	}
 }
 
-EF_AVX512 static void ef_softmax_row_avx512(float *s, const uint8_t *vis, int64_t n, int dtype) {
+// ef_softmax_row_avx512 turns scores s [0, n) into probabilities over the
+// keys vis marks, 0 elsewhere, rounded to dtype; with round_scores it first
+// rounds the scores themselves (in the same pass as their maximum).
+EF_AVX512 static inline void ef_softmax_row_avx512(float *s, const uint8_t *vis, int64_t n, int dtype, int round_scores) {
 	__m512 vmax = _mm512_set1_ps(-INFINITY);
 	for (int64_t j = 0; j < n; j += 16) {
 		__mmask16 m = ef_tail(n - j);
 		__mmask16 seen = _mm512_mask_test_epi32_mask(m, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, vis + j)),
 		                                             _mm512_set1_epi32(0xff));
-		vmax = _mm512_mask_max_ps(vmax, seen, vmax, _mm512_maskz_loadu_ps(m, s + j));
+		__m512 x = _mm512_maskz_loadu_ps(m, s + j);
+		if (round_scores) {
+			x = ef_v_round(x, dtype);
+			_mm512_mask_storeu_ps(s + j, m, x);
+		}
+		vmax = _mm512_mask_max_ps(vmax, seen, vmax, x);
 	}
 	__m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
 	__m512 vsum = _mm512_setzero_ps();
@@ -230,21 +238,30 @@ EF_AVX512 static void ef_keys_avx512(const ef_attention_args *a, int64_t b, int6
 	}
 }
 
-// ef_query_block sets up queries l0 .. l0+nq-1 of batch row b, four at a
-// time: vis[i] is query i's visibility row (the first query's for i >= nq,
-// which are computed but never stored), any[i] whether it sees a key. It
-// returns one past the last key some query of the block sees (0 if none):
-// keys from there on need neither scores nor weights, which under a causal
-// mask skips about half of them.
-static inline int64_t ef_query_block(const ef_attention_args *a, int64_t b, int64_t l0, int nq, const uint8_t *vis[4],
-                                     int any[4]) {
+// ef_query_block sets up queries l0 .. l0+nq-1 of batch row b, n at a time
+// (n <= 16): vis[i] is query i's visibility row (the first query's for
+// i >= nq, which are computed but never stored), any[i] whether it sees a
+// key. It returns one past the last key some query of the block sees (0 if
+// none): keys from there on need neither scores nor weights, which under a
+// causal mask skips about half of them.
+EF_AVX512 static inline int64_t ef_query_block(const ef_attention_args *a, int64_t b, int64_t l0, int nq, int n,
+                                               const uint8_t **vis, int *any) {
 	int64_t T = a->P + a->L, end = 0;
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < n; i++) {
 		vis[i] = a->visible + (b * a->L + l0 + (i < nq ? i : 0)) * T;
-		// backwards: a causal row's last visible key is its own, near the end
-		int64_t last = i < nq ? T : 0;
-		while (last > 0 && !vis[i][last - 1]) {
-			last--;
+		// backwards, 64 flags at a time: a causal row's last visible key is
+		// its own, near the end
+		int64_t last = 0;
+		for (int64_t hi = i < nq ? T : 0; hi > 0;) {
+			int64_t lo = hi > 64 ? hi - 64 : 0;
+			__mmask64 m = hi - lo == 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1);
+			__m512i f = _mm512_maskz_loadu_epi8(m, vis[i] + lo);
+			uint64_t seen = (uint64_t)_mm512_test_epi8_mask(f, f);
+			if (seen != 0) {
+				last = lo + 64 - __builtin_clzll(seen);
+				break;
+			}
+			hi = lo;
 		}
 		any[i] = last > 0;
 		end = last > end ? last : end;
@@ -285,7 +302,7 @@ EF_AVX512 static int ef_attention_tasks_avx512(const ef_attention_args *a, int64
 				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
 				const uint8_t *vis[NQ];
 				int any[NQ];
-				int64_t end = ef_query_block(a, b, l0, nq, vis, any);
+				int64_t end = ef_query_block(a, b, l0, nq, NQ, vis, any);
 				for (int i = 0; i < NQ; i++) {
 					for (int64_t d = 0; d < hd; d += 16) {
 						__mmask16 m = ef_tail(hd - d);
@@ -310,7 +327,7 @@ EF_AVX512 static int ef_attention_tasks_avx512(const ef_attention_args *a, int64
 				}
 				for (int i = 0; i < nq; i++) {
 					if (any[i]) {
-						ef_softmax_row_avx512(sc + i * Tp, vis[i], end, dtype);
+						ef_softmax_row_avx512(sc + i * Tp, vis[i], end, dtype, 0);
 					}
 				}
 				// outputs: o[i] = Σ_j sc[i][j] v_j over the keys query i sees
@@ -379,6 +396,125 @@ EF_AVX512 static inline void ef_dot4x2(const uint32_t *a, int64_t astride, const
 	out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
 }
 
+// ef_transpose16 transposes 16 vectors of 16 32-bit elements: r[i][c]
+// becomes r[c][i]. Four stages of 16 shuffles: pairs of rows, then quads
+// (each 128-bit lane holds one column of four rows), then lanes.
+EF_AVX512 static inline void ef_transpose16(__m512i r[16]) {
+	__m512i t[16], u[16];
+	for (int i = 0; i < 16; i += 2) {
+		t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+		t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+	}
+	for (int i = 0; i < 16; i += 4) {
+		u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+		u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+		u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+		u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+	}
+	// u[4g+c] lane L: column 4L+c of rows 4g..4g+3
+	for (int c = 0; c < 4; c++) {
+		__m512i x = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), y = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee);
+		__m512i z = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44), w = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
+		r[c] = _mm512_shuffle_i32x4(x, z, 0x88);
+		r[4 + c] = _mm512_shuffle_i32x4(x, z, 0xdd);
+		r[8 + c] = _mm512_shuffle_i32x4(y, w, 0x88);
+		r[12 + c] = _mm512_shuffle_i32x4(y, w, 0xdd);
+	}
+}
+
+// ef_pack_keys writes keys [j0, j1) of task (b, g), scaled and rounded, as
+// pairs of dimensions: row d/2 of dst (stride words apart) holds dimensions
+// d and d+1 of key j at column j. Sixteen keys at a time are transposed in
+// registers (hd is a multiple of 32).
+EF_AVX512 static void ef_pack_keys(const ef_attention_args *a, int64_t b, int64_t g, int64_t j0, int64_t j1, uint32_t *dst,
+                                   int64_t stride) {
+	__m512 sq = _mm512_set1_ps(sqrtf(a->scale));
+	for (int64_t j = j0; j < j1; j += 16) {
+		int n = j1 - j < 16 ? (int)(j1 - j) : 16;
+		for (int64_t d = 0; d < a->hd; d += 32) {
+			__m512i r[16];
+			for (int i = 0; i < 16; i++) {
+				if (i >= n) {
+					r[i] = _mm512_setzero_si512();
+					continue;
+				}
+				const void *kr, *vr;
+				int64_t ko, vo;
+				ef_key_at(a, b, g, j + i, &kr, &ko, &vr, &vo);
+				__m256i lo = ef_v_bf16(_mm512_mul_ps(ef_v_load(kr, EF_BF16, ko + d, 0xffff), sq));
+				__m256i hi = ef_v_bf16(_mm512_mul_ps(ef_v_load(kr, EF_BF16, ko + d + 16, 0xffff), sq));
+				r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+			}
+			ef_transpose16(r);
+			for (int c = 0; c < 16; c++) {
+				_mm512_mask_storeu_epi32(dst + (d / 2 + c) * stride + j, ef_tail(n), r[c]);
+			}
+		}
+	}
+}
+
+// ef_pack_task_bf16 lays out task (b, g)'s keys and values for the BF16
+// dot products: kp [hd/2][Tp] holds the scaled, rounded keys as pairs of
+// dimensions (row d/2, column j: dimensions d and d+1 of key j), vp
+// [Tp/2][hd] the values as pairs of keys (row j/2: keys j and j+1), both
+// zero past T. With live (T flags), the values of keys no query of the row
+// sees are zero too. With past (ef_pack_past's layout for group g), the
+// past keys are copied from there rather than converted again.
+EF_AVX512 static void ef_pack_task_bf16(const ef_attention_args *a, int64_t b, int64_t g, int64_t Tp, uint32_t *kp,
+                                        uint32_t *vp, const uint8_t *live, const uint32_t *past) {
+	int64_t hd = a->hd, T = a->P + a->L, hd2 = hd / 2, Tp2 = Tp / 2;
+	memset(kp, 0, sizeof(uint32_t) * (size_t)(hd2 * Tp + Tp2 * hd));
+	int64_t j = 0;
+	if (past != NULL) {
+		for (int64_t d2 = 0; d2 < hd2; d2++) {
+			memcpy(kp + d2 * Tp, past + d2 * a->P, sizeof(uint32_t) * (size_t)a->P);
+		}
+		j = a->P;
+	}
+	ef_pack_keys(a, b, g, j, T, kp, Tp);
+	for (int64_t j = 0; j < T; j += 2) {
+		const void *vr0 = NULL, *vr1 = NULL, *kr;
+		int64_t vo0 = 0, vo1 = 0, ko;
+		if (live == NULL || live[j]) {
+			ef_key_at(a, b, g, j, &kr, &ko, &vr0, &vo0);
+		}
+		if (j + 1 < T && (live == NULL || live[j + 1])) {
+			ef_key_at(a, b, g, j + 1, &kr, &ko, &vr1, &vo1);
+		}
+		for (int64_t d = 0; d < hd; d += 16) {
+			__m256i v0 = vr0 != NULL ? _mm256_loadu_si256((const __m256i *)((const uint16_t *)vr0 + vo0 + d))
+			                         : _mm256_setzero_si256();
+			__m256i v1 = vr1 != NULL ? _mm256_loadu_si256((const __m256i *)((const uint16_t *)vr1 + vo1 + d))
+			                         : _mm256_setzero_si256();
+			_mm512_storeu_si512(vp + (j / 2) * hd + d, ef_bf16_pairs(v0, v1));
+		}
+	}
+}
+
+// ef_pack_past lays out the past keys shared by every row (past_shared)
+// as ef_pack_task_bf16 would, once per call: past [G][hd/2][P], group g's
+// keys in kp's layout with P columns.
+EF_AVX512 static void ef_pack_past(const ef_attention_args *a, uint32_t *past) {
+	for (int64_t g = 0; g < a->G; g++) {
+		ef_pack_keys(a, 0, g, 0, a->P, past + g * (a->hd / 2) * a->P, a->P);
+	}
+}
+
+// ef_pack_probabilities packs probabilities si [0, n) (n a multiple of 32,
+// bfloat16 values held as floats) as pairs of keys: ppi[j/2] is (p_j,
+// p_j+1). The high halves of the floats are exact, so the odd 16-bit
+// halves of 32 floats are the 16 pairs.
+EF_AVX512 static inline void ef_pack_probabilities(const float *si, int64_t n, uint32_t *ppi) {
+	static const uint16_t odd_halves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+	                                        33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+	__m512i odd = _mm512_loadu_si512(odd_halves);
+	for (int64_t j = 0; j < n; j += 32) {
+		__m512i lo = _mm512_castps_si512(_mm512_loadu_ps(si + j));
+		__m512i hi = _mm512_castps_si512(_mm512_loadu_ps(si + j + 16));
+		_mm512_storeu_si512(ppi + j / 2, _mm512_permutex2var_epi16(lo, odd, hi));
+	}
+}
+
 // ef_attention_tasks_bf16dot is ef_attention_tasks_avx512 for bfloat16 on
 // CPUs with AVX-512 BF16: the products of the scores and of the outputs go
 // through vdpbf16ps, two bfloat16 products a lane and instruction, which
@@ -399,44 +535,15 @@ EF_AVX512 static int ef_attention_tasks_bf16dot(const ef_attention_args *a, int6
 	uint32_t *vp = kp + hd2 * Tp, *qp = vp + Tp2 * hd, *pp = qp + NQ * hd2, *pairs = pp + NQ * Tp2;
 	float *sc = (float *)(pairs + Tp2);
 	__m512 sq = _mm512_set1_ps(sqrtf(a->scale));
-	__m256i kcol = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)Tp));
-	static const uint16_t odd_halves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
-	                                        33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
-	__m512i odd = _mm512_loadu_si512(odd_halves);
 	for (int64_t t = t0; t < t1; t++) {
 		int64_t b = t / a->G, g = t % a->G;
-		memset(kp, 0, sizeof(uint32_t) * (size_t)(hd2 * Tp + Tp2 * hd));
-		for (int64_t j = 0; j < T; j++) {
-			const void *kr, *vr;
-			int64_t ko, vo;
-			ef_key_at(a, b, g, j, &kr, &ko, &vr, &vo);
-			for (int64_t d = 0; d < hd; d += 16) {
-				// scaled key, rounded: dimensions (d+2i, d+2i+1) are pair i,
-				// which goes to row d/2+i of kp, column j
-				__m256i k = ef_v_bf16(_mm512_mul_ps(ef_v_load(kr, EF_BF16, ko + d, 0xffff), sq));
-				_mm256_i32scatter_epi32(kp + (d / 2) * Tp + j, kcol, k, 4);
-			}
-		}
-		for (int64_t j = 0; j < T; j += 2) {
-			const void *vr0, *vr1, *kr;
-			int64_t vo0, vo1, ko;
-			ef_key_at(a, b, g, j, &kr, &ko, &vr0, &vo0);
-			if (j + 1 < T) {
-				ef_key_at(a, b, g, j + 1, &kr, &ko, &vr1, &vo1);
-			}
-			for (int64_t d = 0; d < hd; d += 16) {
-				__m256i v0 = _mm256_loadu_si256((const __m256i *)((const uint16_t *)vr0 + vo0 + d));
-				__m256i v1 = j + 1 < T ? _mm256_loadu_si256((const __m256i *)((const uint16_t *)vr1 + vo1 + d))
-				                       : _mm256_setzero_si256();
-				_mm512_storeu_si512(vp + (j / 2) * hd + d, ef_bf16_pairs(v0, v1));
-			}
-		}
+		ef_pack_task_bf16(a, b, g, Tp, kp, vp, NULL, NULL);
 		for (int64_t h = g * per; h < (g + 1) * per; h++) {
 			for (int64_t l0 = 0; l0 < a->L; l0 += NQ) {
 				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
 				const uint8_t *vis[NQ];
 				int any[NQ];
-				int64_t end = ef_query_block(a, b, l0, nq, vis, any), end32 = (end + 31) / 32 * 32;
+				int64_t end = ef_query_block(a, b, l0, nq, NQ, vis, any), end32 = (end + 31) / 32 * 32;
 				for (int i = 0; i < NQ; i++) {
 					for (int64_t d = 0; d < hd; d += 16) {
 						// already rounded: its bfloat16 bits are exact
@@ -457,19 +564,12 @@ EF_AVX512 static int ef_attention_tasks_bf16dot(const ef_attention_args *a, int6
 				for (int i = 0; i < NQ; i++) {
 					float *si = sc + i * Tp;
 					if (i < nq && any[i]) {
-						ef_softmax_row_avx512(si, vis[i], end, EF_BF16);
+						ef_softmax_row_avx512(si, vis[i], end, EF_BF16, 0);
 					}
 					for (int64_t j = end; j < end32; j++) {
 						si[j] = 0;
 					}
-					for (int64_t j = 0; j < end32; j += 32) {
-						// si holds bfloat16 values, so the high halves of its
-						// floats are exact: the odd 16-bit halves of 32 floats
-						// are 16 pairs (p_j, p_j+1)
-						__m512i lo = _mm512_castps_si512(_mm512_loadu_ps(si + j));
-						__m512i hi = _mm512_castps_si512(_mm512_loadu_ps(si + j + 16));
-						_mm512_storeu_si512(pp + i * Tp2 + j / 2, _mm512_permutex2var_epi16(lo, odd, hi));
-					}
+					ef_pack_probabilities(si, end32, pp + i * Tp2);
 				}
 				// the key pairs some query of the four sees
 				int64_t np = 0;
@@ -498,6 +598,136 @@ EF_AVX512 static int ef_attention_tasks_bf16dot(const ef_attention_args *a, int6
 	}
 	free(kp);
 	return 0;
+}
+
+#define EF_AMX __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+
+// ef_tile_config is the AMX tile configuration (palette 1): tiles 0..2 of
+// 16 rows of 64 bytes.
+typedef struct {
+	uint8_t palette, start_row, reserved[14];
+	uint16_t colsb[16];
+	uint8_t rows[16];
+} ef_tile_config;
+
+// ef_attention_tasks_amx is ef_attention_tasks_bf16dot on the AMX tile
+// unit: 16 queries at a time, each product a tile multiply (TDPBF16PS, a
+// 16x16 block of sums of 32 bfloat16 products) over the same operand
+// layouts, which are the tile unit's: keys as pairs of dimensions, values
+// and probabilities as pairs of keys. The products are exact and summed in
+// float32, as there. The products are dense, so a key a query does not see
+// weighs exactly 0 rather than being skipped, and the values of keys that
+// no query of the row sees (padding) are zeroed first: padding never
+// reaches a visible row. hd must be a multiple of 32. Tiles: 0 the
+// results, 1 and 2 the operands.
+EF_AMX static int ef_attention_tasks_amx(const ef_attention_args *a, int64_t t0, int64_t t1) {
+	enum { NQ = 16 };
+	int64_t hd = a->hd, T = a->P + a->L, Tp = (T + 31) / 32 * 32, per = a->H / a->G, hd2 = hd / 2, Tp2 = Tp / 2;
+	int64_t shared = a->past_shared && a->P > 0 ? a->G * hd2 * a->P : 0;
+	size_t words = (size_t)(hd2 * Tp + Tp2 * hd + NQ * hd2 + NQ * Tp2 + shared), floats = (size_t)(NQ * Tp + NQ * hd);
+	uint32_t *kp = malloc(sizeof(uint32_t) * words + sizeof(float) * floats + (size_t)T);
+	if (kp == NULL) {
+		return -1;
+	}
+	uint32_t *vp = kp + hd2 * Tp, *qp = vp + Tp2 * hd, *pp = qp + NQ * hd2, *past = pp + NQ * Tp2;
+	float *sc = (float *)(past + shared), *ob = sc + NQ * Tp;
+	uint8_t *live = (uint8_t *)(ob + NQ * hd);
+	if (shared > 0) {
+		ef_pack_past(a, past);
+	}
+	// rows of qp and pp past a block's queries are multiplied too (each
+	// result row depends on its own operand row only): keep them finite
+	memset(qp, 0, sizeof(uint32_t) * (size_t)(NQ * hd2 + NQ * Tp2));
+	ef_tile_config cfg;
+	memset(&cfg, 0, sizeof cfg);
+	cfg.palette = 1;
+	for (int i = 0; i < 3; i++) {
+		cfg.colsb[i] = 64;
+		cfg.rows[i] = 16;
+	}
+	_tile_loadconfig(&cfg);
+	__m512 sq = _mm512_set1_ps(sqrtf(a->scale));
+	for (int64_t t = t0; t < t1; t++) {
+		int64_t b = t / a->G, g = t % a->G;
+		memset(live, 0, (size_t)T);
+		for (int64_t l = 0; l < a->L; l++) {
+			const uint8_t *vis = a->visible + (b * a->L + l) * T;
+			for (int64_t j = 0; j < T; j += 64) {
+				__mmask64 m = T - j >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (T - j)) - 1);
+				__m512i v = _mm512_or_si512(_mm512_maskz_loadu_epi8(m, live + j), _mm512_maskz_loadu_epi8(m, vis + j));
+				_mm512_mask_storeu_epi8(live + j, m, v);
+			}
+		}
+		ef_pack_task_bf16(a, b, g, Tp, kp, vp, live, shared > 0 ? past + g * hd2 * a->P : NULL);
+		for (int64_t h = g * per; h < (g + 1) * per; h++) {
+			for (int64_t l0 = 0; l0 < a->L; l0 += NQ) {
+				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
+				const uint8_t *vis[NQ];
+				int any[NQ];
+				int64_t end = ef_query_block(a, b, l0, nq, NQ, vis, any), end16 = (end + 15) / 16 * 16,
+				        end32 = (end + 31) / 32 * 32;
+				for (int i = 0; i < nq; i++) {
+					for (int64_t d = 0; d < hd; d += 16) {
+						// already rounded: its bfloat16 bits are exact
+						__m256i q = ef_v_bf16(ef_v_query(a, b, h, l0 + i, d, sq, 0xffff));
+						_mm256_storeu_si256((__m256i *)(qp + i * hd2 + d / 2), q);
+					}
+				}
+				// scores: sc[i][j] = q_i · k_j, 16 keys a tile, up to end
+				for (int64_t j0 = 0; j0 < end16; j0 += 16) {
+					_tile_zero(0);
+					for (int64_t k0 = 0; k0 < hd2; k0 += 16) {
+						_tile_loadd(1, qp + k0, hd2 * 4);
+						_tile_loadd(2, kp + k0 * Tp + j0, Tp * 4);
+						_tile_dpbf16ps(0, 1, 2);
+					}
+					_tile_stored(0, sc + j0, Tp * 4);
+				}
+				// probabilities: scores rounded, softmax, 0 from end on, as
+				// pairs of keys
+				for (int i = 0; i < nq; i++) {
+					float *si = sc + i * Tp;
+					if (any[i]) {
+						ef_softmax_row_avx512(si, vis[i], end, EF_BF16, 1);
+					}
+					for (int64_t j = end; j < end32; j++) {
+						si[j] = 0;
+					}
+					ef_pack_probabilities(si, end32, pp + i * Tp2);
+				}
+				// outputs: o[i] = Σ_j p[i][j] v_j, 16 dimensions a tile
+				for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+					_tile_zero(0);
+					for (int64_t p0 = 0; p0 < end32 / 2; p0 += 16) {
+						_tile_loadd(1, pp + p0, Tp2 * 4);
+						_tile_loadd(2, vp + p0 * hd + d0, hd * 4);
+						_tile_dpbf16ps(0, 1, 2);
+					}
+					_tile_stored(0, ob + d0, hd * 4);
+				}
+				for (int i = 0; i < nq; i++) {
+					uint16_t *o = (uint16_t *)a->out + (size_t)((b * a->L + l0 + i) * a->H + h) * (size_t)hd;
+					for (int64_t d = 0; d < hd; d += 16) {
+						ef_v_store(o, EF_BF16, d, any[i] ? _mm512_loadu_ps(ob + i * hd + d) : _mm512_setzero_ps(), 0xffff);
+					}
+				}
+			}
+		}
+	}
+	_tile_release();
+	free(kp);
+	return 0;
+}
+
+// ef_attention_amx runs attention tasks [t0, t1) on the AMX tile unit
+// where it applies (bfloat16, hd a multiple of 32), the BF16 dot products
+// elsewhere. The caller has made sure the CPU has AMX and Linux lets this
+// process use it (ef_simd 3).
+int ef_attention_amx(const ef_attention_args *a, int64_t t0, int64_t t1) {
+	if (a->dtype == EF_BF16 && a->hd % 32 == 0) {
+		return ef_attention_tasks_amx(a, t0, t1);
+	}
+	return ef_attention_avx512bf16(a, t0, t1);
 }
 #endif
 

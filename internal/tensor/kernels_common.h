@@ -129,5 +129,6 @@ static inline void ef_key_at(const ef_attention_args *a, int64_t b, int64_t g, i
 
 EF_VECTOR_KERNELS(avx512)
 EF_VECTOR_KERNELS(avx512bf16)
+int ef_attention_amx(const ef_attention_args *a, int64_t t0, int64_t t1);
 
 #endif
