@@ -12,6 +12,7 @@ type metrics struct {
 	rowsInserted      prometheus.Counter
 	insertErrors      prometheus.Counter
 	batchRows         prometheus.Histogram
+	idleFlushes       prometheus.Counter
 	insertSeconds     prometheus.Histogram
 	deadLetters       *prometheus.CounterVec
 	deadLetterErrors  prometheus.Counter
@@ -39,6 +40,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name:    "emoflow_sink_batch_rows",
 			Help:    "Rows per inserted batch.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
+		}),
+		idleFlushes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "emoflow_sink_idle_flushes_total",
+			Help: "Batches stored before -flush-interval because the sink had caught up and nothing arrived for -idle-flush.",
 		}),
 		insertSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "emoflow_sink_insert_duration_seconds",
@@ -72,7 +77,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.consumerLag, m.rowsInserted, m.insertErrors, m.batchRows, m.insertSeconds, m.deadLetters,
+		m.consumerLag, m.rowsInserted, m.insertErrors, m.batchRows, m.idleFlushes, m.insertSeconds, m.deadLetters,
 		m.deadLetterErrors, m.commitErrors, m.fetchErrors, m.endToEndSeconds, m.clickhouseHealthy,
 	} {
 		if err := reg.Register(c); err != nil {

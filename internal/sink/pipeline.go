@@ -27,6 +27,12 @@ type pipelineConfig struct {
 	// FlushInterval is the longest a batch waits for more messages after its
 	// first one.
 	FlushInterval time.Duration
+	// IdleFlush, when positive, ends a batch early once it holds the last
+	// message of its newest message's partition (the partition's high-water
+	// mark as fetched) and nothing more has arrived for this long: a sink
+	// that has caught up stores events within IdleFlush instead of waiting
+	// out FlushInterval, and one that lags still batches fully.
+	IdleFlush time.Duration
 	// InsertTimeout bounds each insert attempt.
 	InsertTimeout time.Duration
 	// KafkaTimeout bounds each dead-letter write and offset commit.
@@ -107,22 +113,32 @@ func (p *pipeline) run(ctx context.Context) error {
 }
 
 // fill fetches messages into a new batch until it holds BatchSize messages,
-// FlushInterval has passed since its first message, or ctx ends.
+// FlushInterval has passed since its first message, the sink has caught up
+// and been idle for IdleFlush, or ctx ends.
 func (p *pipeline) fill(ctx context.Context) (*batch, error) {
 	b := &batch{last: map[topicPartition]int64{}}
 	var deadline time.Time
+	caughtUp := false // the newest message was its partition's last
 	for b.messages < p.cfg.BatchSize {
 		fetchCtx, cancel := ctx, context.CancelFunc(func() {})
-		if b.messages > 0 {
+		idleWait := caughtUp && p.cfg.IdleFlush > 0 && time.Until(deadline) > p.cfg.IdleFlush
+		switch {
+		case idleWait:
+			fetchCtx, cancel = context.WithTimeout(ctx, p.cfg.IdleFlush)
+		case b.messages > 0:
 			fetchCtx, cancel = context.WithDeadline(ctx, deadline)
 		}
 		m, err := p.src.FetchMessage(fetchCtx)
+		idle := idleWait && errors.Is(fetchCtx.Err(), context.DeadlineExceeded)
 		cancel()
 		if err != nil {
 			switch {
 			case ctx.Err() != nil:
 				return b, nil
 			case b.messages > 0 && !time.Now().Before(deadline):
+				return b, nil
+			case idle:
+				p.metrics.idleFlushes.Inc()
 				return b, nil
 			case errors.Is(err, io.EOF):
 				return b, fmt.Errorf("events reader closed: %w", err)
@@ -138,6 +154,7 @@ func (p *pipeline) fill(ctx context.Context) (*batch, error) {
 			deadline = time.Now().Add(p.cfg.FlushInterval)
 		}
 		p.add(b, m)
+		caughtUp = m.HighWaterMark > 0 && m.Offset+1 >= m.HighWaterMark
 	}
 	return b, nil
 }

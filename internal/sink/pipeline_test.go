@@ -441,3 +441,47 @@ func headerMap(hs []kafka.Header) map[string]string {
 	}
 	return m
 }
+
+// TestPipelineStoresACaughtUpBatchAfterIdleFlush: once the newest message
+// is its partition's last and nothing more arrives for IdleFlush, the batch
+// is stored without waiting out FlushInterval (an hour here).
+func TestPipelineStoresACaughtUpBatchAfterIdleFlush(t *testing.T) {
+	var msgs []kafka.Message
+	for i := range 3 {
+		m := eventMessage(t, 0, int64(i), validEvent(i))
+		m.HighWaterMark = 3
+		msgs = append(msgs, m)
+	}
+	ph := newHarness(t, pipelineConfig{FlushInterval: time.Hour, IdleFlush: 20 * time.Millisecond}, msgs)
+	if err := ph.runUntil(t, ph.journalHas("commit events/0@2")); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	want := []string{"fetch 0/0", "fetch 0/1", "fetch 0/2", "insert m0,m1,m2", "commit events/0@2"}
+	if got := ph.j.snapshot(); !slices.Equal(got, want) {
+		t.Errorf("calls:\n got %q\nwant %q", got, want)
+	}
+	if got := testutil.ToFloat64(ph.metrics.idleFlushes); got != 1 {
+		t.Errorf("idle flushes = %v, want 1", got)
+	}
+}
+
+// TestPipelineWhileLaggingWaitsForTheFlushInterval: a batch whose newest
+// message is behind its partition's high-water mark (or whose mark is
+// unknown) is not cut short by IdleFlush, however long the fetch waits.
+func TestPipelineWhileLaggingWaitsForTheFlushInterval(t *testing.T) {
+	for _, hwm := range []int64{100, 0} {
+		var msgs []kafka.Message
+		for i := range 3 {
+			m := eventMessage(t, 0, int64(i), validEvent(i))
+			m.HighWaterMark = hwm
+			msgs = append(msgs, m)
+		}
+		ph := newHarness(t, pipelineConfig{FlushInterval: 300 * time.Millisecond, IdleFlush: time.Millisecond}, msgs)
+		if err := ph.runUntil(t, ph.journalHas("commit events/0@2")); err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		if got := testutil.ToFloat64(ph.metrics.idleFlushes); got != 0 {
+			t.Errorf("high-water mark %d: idle flushes = %v, want 0 (the batch waits for its flush interval)", hwm, got)
+		}
+	}
+}

@@ -41,6 +41,7 @@ type config struct {
 	ClickHouse secure.ClickHouse
 	Kafka      secure.Kafka
 
+	IdleFlush      time.Duration
 	InsertTimeout  time.Duration
 	HealthInterval time.Duration
 }
@@ -62,6 +63,7 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.cfg.ClickHouseCluster, "clickhouse-cluster", "", "ClickHouse cluster (remote_servers) to create the schema on: replicated tables ON CLUSTER with Distributed tables in front; empty for a single server")
 	c.cfg.ClickHouse.Register(fs)
 	c.cfg.Kafka.Register(fs)
+	fs.DurationVar(&c.cfg.IdleFlush, "idle-flush", 100*time.Millisecond, "store a batch before -flush-interval once the sink has caught up (its newest event was its partition's last) and nothing has arrived for this long; 0: never")
 	fs.DurationVar(&c.cfg.InsertTimeout, "insert-timeout", 30*time.Second, "bound on each ClickHouse insert attempt and statement")
 	fs.DurationVar(&c.cfg.HealthInterval, "health-interval", 5*time.Second, "how often ClickHouse is pinged for /readyz")
 }
@@ -77,6 +79,7 @@ func (cfg *config) validate() error {
 	check(len(stage.SplitList(cfg.ClickHouseAddr)) > 0, "-clickhouse-addr is empty")
 	check(identifier.MatchString(cfg.ClickHouseDatabase), "-clickhouse-database %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseDatabase)
 	check(cfg.ClickHouseCluster == "" || identifier.MatchString(cfg.ClickHouseCluster), "-clickhouse-cluster %q: want letters, digits and _, not starting with a digit", cfg.ClickHouseCluster)
+	check(cfg.IdleFlush >= 0, "-idle-flush must not be negative")
 	check(cfg.InsertTimeout > 0, "-insert-timeout must be positive")
 	check(cfg.HealthInterval > 0, "-health-interval must be positive")
 	return errors.Join(errs...)
@@ -190,6 +193,7 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 	p := newPipeline(pipelineConfig{
 		BatchSize:     cfg.BatchSize,
 		FlushInterval: cfg.FlushInterval,
+		IdleFlush:     cfg.IdleFlush,
 		InsertTimeout: cfg.InsertTimeout,
 		KafkaTimeout:  kafkaTimeout,
 		DrainTimeout:  cfg.DrainTimeout,
@@ -197,6 +201,6 @@ func (c *Component) Run(ctx context.Context, rt *service.Runtime) error {
 		Backoff:       stage.NewRetryBackoff,
 	}, reader, store, deadLetters, m, h, log)
 	h.started()
-	log.Info("consuming", "topic", cfg.EventsTopic, "group", cfg.GroupID, "batch_size", cfg.BatchSize, "flush_interval", cfg.FlushInterval)
+	log.Info("consuming", "topic", cfg.EventsTopic, "group", cfg.GroupID, "batch_size", cfg.BatchSize, "flush_interval", cfg.FlushInterval, "idle_flush", cfg.IdleFlush)
 	return p.run(ctx)
 }
