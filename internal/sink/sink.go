@@ -63,7 +63,7 @@ func (c *Component) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.cfg.ClickHouseCluster, "clickhouse-cluster", "", "ClickHouse cluster (remote_servers) to create the schema on: replicated tables ON CLUSTER with Distributed tables in front; empty for a single server")
 	c.cfg.ClickHouse.Register(fs)
 	c.cfg.Kafka.Register(fs)
-	fs.DurationVar(&c.cfg.IdleFlush, "idle-flush", 100*time.Millisecond, "store a batch before -flush-interval once the sink has caught up (its newest event was its partition's last) and nothing has arrived for this long; 0: never")
+	fs.DurationVar(&c.cfg.IdleFlush, "idle-flush", 250*time.Millisecond, "store a batch before -flush-interval once the sink has caught up (its newest event was its partition's last) and nothing has arrived for this long; 0: never")
 	fs.DurationVar(&c.cfg.InsertTimeout, "insert-timeout", 30*time.Second, "bound on each ClickHouse insert attempt and statement")
 	fs.DurationVar(&c.cfg.HealthInterval, "health-interval", 5*time.Second, "how often ClickHouse is pinged for /readyz")
 }
