@@ -59,7 +59,7 @@ func (c *pipelineBenchConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.brokers, "kafka-brokers", "127.0.0.1:19092", "Kafka bootstrap brokers")
 	fs.StringVar(&c.redisAddr, "redis-addr", "127.0.0.1:16379", "Redis address")
 	fs.StringVar(&c.clickhouseAddr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native-protocol address")
-	fs.IntVar(&c.rounds, "rounds", 3, "rounds (each: classifier alone, all-miss pass, cached pass); the last line gives medians")
+	fs.IntVar(&c.rounds, "rounds", 3, "rounds (each: classifier alone, all-miss pass, classifier alone again, cached pass); the last line gives medians")
 	fs.IntVar(&c.missMessages, "miss-messages", 1500, "fewest messages of the all-miss pass, each with a text of its own (new texts every round)")
 	fs.Float64Var(&c.missSeconds, "miss-seconds", 30, "size the all-miss pass to this much of the classifier's work at its measured pace, when that is more than -miss-messages (0: -miss-messages exactly); capped by the distinct texts the data sets have")
 	fs.IntVar(&c.cachedMessages, "cached-messages", 200000, "messages of the cached pass (texts of the round's miss pass)")
@@ -75,10 +75,15 @@ func (c *pipelineBenchConfig) register(fs *flag.FlagSet) {
 
 // pipelineRound is one round's figures.
 type pipelineRound struct {
-	classifierAlone float64 // texts per second
-	aloneBatches    int     // the classifier's batches then
-	alonePadding    float64 // and their mean padding ratio
-	miss, cached    passResult
+	// classifierAlone is the mean of the classifier's pace alone just
+	// before and just after the all-miss pass (texts per second): on a
+	// shared machine whose speed drifts by minutes, the pass is compared
+	// with the classifier over the same stretch of time.
+	classifierAlone         float64
+	aloneBefore, aloneAfter float64
+	aloneBatches            int     // the classifier's batches before the pass
+	alonePadding            float64 // and their mean padding ratio
+	miss, cached            passResult
 }
 
 // passResult is one pass through the pipeline.
@@ -193,7 +198,7 @@ func runPipelineBench(ctx context.Context, log *slog.Logger, args []string) (err
 		if err != nil {
 			return err
 		}
-		if round.classifierAlone, err = b.classifierAlone(ctx, roundTexts); err != nil {
+		if round.aloneBefore, err = b.classifierAlone(ctx, roundTexts); err != nil {
 			return err
 		}
 		clsAfter, err := b.cls.snapshot()
@@ -207,6 +212,11 @@ func runPipelineBench(ctx context.Context, log *slog.Logger, args []string) (err
 		if round.miss, err = b.pass(ctx, fmt.Sprintf("r%d-miss", r), roundTexts, false); err != nil {
 			return err
 		}
+		log.Info("classifier alone again", "round", r+1, "texts", len(roundTexts))
+		if round.aloneAfter, err = b.classifierAlone(ctx, roundTexts); err != nil {
+			return err
+		}
+		round.classifierAlone = (round.aloneBefore + round.aloneAfter) / 2
 		cached := make([]string, cfg.cachedMessages)
 		rng := mrand.New(mrand.NewPCG(cfg.seed, uint64(r)+1))
 		for i := range cached {
@@ -513,7 +523,8 @@ func (b *pipelineBench) cleanUp() error {
 
 func printPipelineRound(r int, p pipelineRound) {
 	fmt.Printf("round %d\n", r+1)
-	fmt.Printf("  classifier alone: %.1f texts/s (%d batches, %.1f%% padding)\n", p.classifierAlone, p.aloneBatches, 100*p.alonePadding)
+	fmt.Printf("  classifier alone: %.1f texts/s (%.1f before the all-miss pass, %d batches, %.1f%% padding; %.1f after)\n",
+		p.classifierAlone, p.aloneBefore, p.aloneBatches, 100*p.alonePadding, p.aloneAfter)
 	for _, x := range []struct {
 		name string
 		res  passResult
