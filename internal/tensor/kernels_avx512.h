@@ -3,7 +3,8 @@
 // F/BW/DQ/VL (EF_HW_BF16 0) and by kernels_avx512bf16.c for CPUs with
 // AVX-512 BF16 as well (EF_HW_BF16 1), where rounding to bfloat16 is one
 // instruction rather than seven and attention's products use the BF16 dot
-// products. Each build names its entry points by EF_NAME.
+// products (or, where the CPU has AMX, the tile unit: ef_attention_amx,
+// in this build only). Each build names its entry points by EF_NAME.
 
 #include <immintrin.h>
 
@@ -19,8 +20,6 @@
 
 // AVX-512 versions: 16 floats a vector, tails under a mask. They compute
 // what the scalar versions compute, in the same order per element.
-
-
 
 EF_AVX512 static inline __m512 ef_v_load(const void *p, int dtype, int64_t i, __mmask16 m) {
 	if (dtype == EF_BF16) {
@@ -85,7 +84,7 @@ static inline __mmask16 ef_tail(int64_t left) {
 }
 
 EF_AVX512 void EF_NAME(ef_lse_update)(const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
-                                           const int64_t *targets, int64_t width, float *max, float *sum, float *picked) {
+                                      const int64_t *targets, int64_t width, float *max, float *sum, float *picked) {
 	size_t esize = dtype == EF_BF16 ? 2 : 4;
 	for (int64_t r = r0; r < r1; r++) {
 		const void *row = (const char *)x + (size_t)r * (size_t)n * esize;
@@ -109,7 +108,7 @@ EF_AVX512 void EF_NAME(ef_lse_update)(const void *x, int dtype, int64_t r0, int6
 }
 
 EF_AVX512 void EF_NAME(ef_rms_norm)(const void *x, const void *add, const void *weight, int dtype, int64_t r0,
-                                         int64_t r1, int64_t dim, float eps, void *sum, void *out) {
+                                    int64_t r1, int64_t dim, float eps, void *sum, void *out) {
 	size_t esize = dtype == EF_BF16 ? 2 : 4;
 	for (int64_t r = r0; r < r1; r++) {
 		size_t at = (size_t)r * (size_t)dim * esize;
@@ -162,7 +161,7 @@ EF_AVX512 void EF_NAME(ef_silu_mul)(const void *u, int dtype, int64_t r0, int64_
 }
 
 EF_AVX512 void EF_NAME(ef_rotary)(const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,
-                                       int64_t head_dim, const void *cos, const void *sin, void *out) {
+                                  int64_t head_dim, const void *cos, const void *sin, void *out) {
 	size_t esize = dtype == EF_BF16 ? 2 : 4;
 	for (int64_t r = r0; r < r1; r++) {
 		const char *row = (const char *)x + (size_t)r * (size_t)row_stride * esize;
