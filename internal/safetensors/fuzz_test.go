@@ -77,7 +77,9 @@ func FuzzOpen(f *testing.F) {
 			infos = append(infos, info)
 			tensors = append(tensors, Tensor{Name: name, DType: info.DType, Shape: info.Shape, Data: bytes.Clone(b)})
 		}
-		sort.Slice(infos, func(i, j int) bool { return infos[i].begin < infos[j].begin })
+		sort.Slice(infos, func(i, j int) bool {
+			return infos[i].begin < infos[j].begin || infos[i].begin == infos[j].begin && infos[i].end < infos[j].end
+		})
 		for i := 1; i < len(infos); i++ {
 			if infos[i].begin < infos[i-1].end {
 				t.Fatalf("tensors %q and %q overlap", infos[i-1].Name, infos[i].Name)

@@ -151,7 +151,12 @@ func (f *File) parseHeader() error {
 		f.tensors[name] = ti
 		ranges = append(ranges, ti)
 	}
-	sort.Slice(ranges, func(i, j int) bool { return ranges[i].begin < ranges[j].begin })
+	// By start, then end: an empty tensor at the start of another (as
+	// Write places them, and the format's contiguous layout allows) comes
+	// first and overlaps nothing.
+	sort.Slice(ranges, func(i, j int) bool {
+		return ranges[i].begin < ranges[j].begin || ranges[i].begin == ranges[j].begin && ranges[i].end < ranges[j].end
+	})
 	for i := 1; i < len(ranges); i++ {
 		if ranges[i].begin < ranges[i-1].end {
 			return fmt.Errorf("tensors %q and %q overlap", ranges[i-1].Name, ranges[i].Name)
