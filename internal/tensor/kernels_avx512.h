@@ -631,6 +631,15 @@ EF_AMX static int ef_attention_tasks_amx(const ef_attention_args *a, int64_t t0,
 	uint32_t *vp = kp + hd2 * Tp, *qp = vp + Tp2 * hd, *pp = qp + NQ * hd2, *past = pp + NQ * Tp2;
 	float *sc = (float *)(past + shared), *ob = sc + NQ * Tp;
 	uint8_t *live = (uint8_t *)(ob + NQ * hd);
+	// the query blocks' visibility, found once per row rather than per head
+	int64_t nblk = (a->L + NQ - 1) / NQ;
+	const uint8_t **bvis = malloc(sizeof(*bvis) * (size_t)(nblk * NQ));
+	int *bany = malloc(sizeof(*bany) * (size_t)(nblk * NQ));
+	int64_t *bend = malloc(sizeof(*bend) * (size_t)nblk);
+	if (bvis == NULL || bany == NULL || bend == NULL) {
+		free(kp), free(bvis), free(bany), free(bend);
+		return -1;
+	}
 	if (shared > 0) {
 		ef_pack_past(a, past);
 	}
@@ -646,25 +655,31 @@ EF_AMX static int ef_attention_tasks_amx(const ef_attention_args *a, int64_t t0,
 	}
 	_tile_loadconfig(&cfg);
 	__m512 sq = _mm512_set1_ps(sqrtf(a->scale));
-	for (int64_t t = t0; t < t1; t++) {
+	for (int64_t t = t0, row = -1; t < t1; t++) {
 		int64_t b = t / a->G, g = t % a->G;
-		memset(live, 0, (size_t)T);
-		for (int64_t l = 0; l < a->L; l++) {
-			const uint8_t *vis = a->visible + (b * a->L + l) * T;
-			for (int64_t j = 0; j < T; j += 64) {
-				__mmask64 m = T - j >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (T - j)) - 1);
-				__m512i v = _mm512_or_si512(_mm512_maskz_loadu_epi8(m, live + j), _mm512_maskz_loadu_epi8(m, vis + j));
-				_mm512_mask_storeu_epi8(live + j, m, v);
+		if (b != row) { // a row's tasks (its groups) share its visibility
+			row = b;
+			memset(live, 0, (size_t)T);
+			for (int64_t l = 0; l < a->L; l++) {
+				const uint8_t *vis = a->visible + (b * a->L + l) * T;
+				for (int64_t j = 0; j < T; j += 64) {
+					__mmask64 m = T - j >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (T - j)) - 1);
+					__m512i v = _mm512_or_si512(_mm512_maskz_loadu_epi8(m, live + j), _mm512_maskz_loadu_epi8(m, vis + j));
+					_mm512_mask_storeu_epi8(live + j, m, v);
+				}
+			}
+			for (int64_t k = 0; k < nblk; k++) {
+				int nq = a->L - k * NQ < NQ ? (int)(a->L - k * NQ) : NQ;
+				bend[k] = ef_query_block(a, b, k * NQ, nq, NQ, bvis + k * NQ, bany + k * NQ);
 			}
 		}
 		ef_pack_task_bf16(a, b, g, Tp, kp, vp, live, shared > 0 ? past + g * hd2 * a->P : NULL);
 		for (int64_t h = g * per; h < (g + 1) * per; h++) {
 			for (int64_t l0 = 0; l0 < a->L; l0 += NQ) {
 				int nq = a->L - l0 < NQ ? (int)(a->L - l0) : NQ;
-				const uint8_t *vis[NQ];
-				int any[NQ];
-				int64_t end = ef_query_block(a, b, l0, nq, NQ, vis, any), end16 = (end + 15) / 16 * 16,
-				        end32 = (end + 31) / 32 * 32;
+				const uint8_t **vis = bvis + l0;
+				const int *any = bany + l0;
+				int64_t end = bend[l0 / NQ], end16 = (end + 15) / 16 * 16, end32 = (end + 31) / 32 * 32;
 				for (int i = 0; i < nq; i++) {
 					for (int64_t d = 0; d < hd; d += 16) {
 						// already rounded: its bfloat16 bits are exact
@@ -714,7 +729,7 @@ EF_AMX static int ef_attention_tasks_amx(const ef_attention_args *a, int64_t t0,
 		}
 	}
 	_tile_release();
-	free(kp);
+	free(kp), free(bvis), free(bany), free(bend);
 	return 0;
 }
 
