@@ -324,12 +324,12 @@ func (b *pipelineBench) classifierAlone(ctx context.Context, texts []string) (fl
 	return float64(len(texts)) / elapsed.Seconds(), nil
 }
 
-// pass produces one chat message per text (ids <name>-<tag>-<i>) and waits
-// until every one is a row in ClickHouse, then checks the deduplicated
-// view for lost and duplicated events.
 // snapshotEvery is how often a pass looks at the components' counters.
 const snapshotEvery = 50 * time.Millisecond
 
+// pass produces one chat message per text (ids <name>-<tag>-<i>) and waits
+// until every one is a row in ClickHouse, then checks the deduplicated
+// view for lost and duplicated events.
 func (b *pipelineBench) pass(ctx context.Context, tag string, texts []string, wantCached bool) (passResult, error) {
 	res := passResult{messages: len(texts)}
 	prefix := b.name + "-" + tag + "-"
