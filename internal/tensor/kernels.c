@@ -43,28 +43,28 @@ static void ef_lse_update_scalar(const void *x, int dtype, int64_t r0, int64_t r
 	}
 }
 
-static void ef_rms_norm_scalar(const void *x, const void *add, const void *weight, int dtype, int64_t r0, int64_t r1,
-                               int64_t dim, float eps, void *sum, void *out) {
-	size_t esize = dtype == EF_BF16 ? 2 : 4;
+static void ef_rms_norm_scalar(const void *x, int xdtype, const void *add, const void *weight, int dtype, int64_t r0,
+                               int64_t r1, int64_t dim, float eps, void *sum, void *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4, xesize = xdtype == EF_BF16 ? 2 : 4;
 	for (int64_t r = r0; r < r1; r++) {
-		size_t at = (size_t)r * (size_t)dim * esize;
-		const void *row = (const char *)x + at;
+		size_t at = (size_t)r * (size_t)dim * esize, xat = (size_t)r * (size_t)dim * xesize;
+		const void *row = (const char *)x + xat;
 		void *orow = (char *)out + at;
 		if (add != NULL) {
-			void *srow = (char *)sum + at;
+			void *srow = (char *)sum + xat;
 			for (int64_t i = 0; i < dim; i++) {
-				ef_store(srow, dtype, i, ef_load(row, dtype, i) + ef_load((const char *)add + at, dtype, i));
+				ef_store(srow, xdtype, i, ef_load(row, xdtype, i) + ef_load((const char *)add + at, dtype, i));
 			}
 			row = srow;
 		}
 		float ss = 0;
 		for (int64_t i = 0; i < dim; i++) {
-			float v = ef_load(row, dtype, i);
+			float v = ef_load(row, xdtype, i);
 			ss += v * v;
 		}
 		float inv = 1.0f / sqrtf(ss / (float)dim + eps);
 		for (int64_t i = 0; i < dim; i++) {
-			ef_store(orow, dtype, i, ef_load(weight, dtype, i) * (ef_load(row, dtype, i) * inv));
+			ef_store(orow, dtype, i, ef_load(weight, dtype, i) * (ef_load(row, xdtype, i) * inv));
 		}
 	}
 }
@@ -290,9 +290,9 @@ void ef_lse_update(int simd, const void *x, int dtype, int64_t r0, int64_t r1, i
 	EF_DISPATCH(simd, ef_lse_update, x, dtype, r0, r1, n, c0, targets, width, max, sum, picked);
 }
 
-void ef_rms_norm(int simd, const void *x, const void *add, const void *weight, int dtype, int64_t r0, int64_t r1,
-                 int64_t dim, float eps, void *sum, void *out) {
-	EF_DISPATCH(simd, ef_rms_norm, x, add, weight, dtype, r0, r1, dim, eps, sum, out);
+void ef_rms_norm(int simd, const void *x, int xdtype, const void *add, const void *weight, int dtype, int64_t r0,
+                 int64_t r1, int64_t dim, float eps, void *sum, void *out) {
+	EF_DISPATCH(simd, ef_rms_norm, x, xdtype, add, weight, dtype, r0, r1, dim, eps, sum, out);
 }
 
 void ef_silu_mul(int simd, const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out) {

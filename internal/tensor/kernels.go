@@ -115,40 +115,48 @@ func rows(t *Tensor) int64 {
 
 // RMSNorm is w · x / sqrt(mean(x²) + eps) over the last dimension (the
 // ChatGLM2-and-later norm). The statistics and the products are computed in
-// float32 whatever x's dtype, and the result is rounded to x's dtype, as
-// the reference implementations do; w has x's dtype.
+// float32 whatever x's dtype, and the result is rounded to w's dtype, as
+// the reference implementations do. x has w's dtype or is float32 (a
+// residual stream kept in float32 under a bfloat16 model).
 func (s *Scope) RMSNorm(x, w *Tensor, eps float64) *Tensor {
 	_, out := s.rmsNorm(x, nil, w, eps, kernelsBest)
 	return out
 }
 
-// AddRMSNorm is x + y (the residual stream, rounded to the dtype as Add
-// rounds it) and RMSNorm of that sum, in one pass over the rows.
+// AddRMSNorm is x + y (the residual stream, rounded to x's dtype as Add
+// rounds it) and RMSNorm of that sum, in one pass over the rows. y has w's
+// dtype; x too, or float32.
 func (s *Scope) AddRMSNorm(x, y, w *Tensor, eps float64) (sum, normed *Tensor) {
 	return s.rmsNorm(x, y, w, eps, kernelsBest)
 }
 
 // rmsNorm is RMSNorm of x, or with add AddRMSNorm of x and add.
 func (s *Scope) rmsNorm(x, add, w *Tensor, eps float64, k kernels) (sum, normed *Tensor) {
-	in := []*Tensor{x, w}
+	in := []*Tensor{w}
 	if add != nil {
 		in = append(in, add)
 	}
-	if !s.ready("rms_norm", in...) {
+	if !s.ready("rms_norm", append(in, x)...) {
 		return nil, nil
 	}
-	fused := k != kernelsComposite && s.fusable(in...) && w.Numel() == x.Size(-1) &&
+	if x.DType() != w.DType() && x.DType() != Float32 {
+		s.Fail(&Error{Op: "rms_norm", Msg: "x must have the weight's dtype or be float32"})
+		return nil, nil
+	}
+	// x may be float32 where the rest is bfloat16: the kernels read and
+	// write the residual stream in its own dtype.
+	fused := k != kernelsComposite && s.fusable(in...) && s.fusable(x) && w.Numel() == x.Size(-1) &&
 		(add == nil || slices.Equal(add.Shape(), x.Shape()))
 	if !fused {
 		if add != nil {
-			x = s.Add(x, add)
+			x = s.Add(x, s.ToDType(add, x.DType()))
 		}
 		x32 := s.ToDType(x, Float32)
 		variance := s.MeanDim(s.Mul(x32, x32), true, -1)
 		y := s.Mul(x32, s.Rsqrt(s.AddScalar(variance, eps)))
-		return x, s.ToDType(s.Mul(s.ToDType(w, Float32), y), x.DType())
+		return x, s.ToDType(s.Mul(s.ToDType(w, Float32), y), w.DType())
 	}
-	out := s.emptyLike(x, x.Shape()...)
+	out := s.emptyLike(w, x.Shape()...)
 	var padd, psum unsafe.Pointer
 	if add != nil {
 		if sum = s.emptyLike(x, x.Shape()...); sum == nil {
@@ -160,9 +168,9 @@ func (s *Scope) rmsNorm(x, add, w *Tensor, eps float64, k kernels) (sum, normed 
 		return nil, nil
 	}
 	px, pw, po, dim := data(x), data(w), data(out), x.Size(-1)
-	dtype, simd := C.int(x.DType()), k.simd()
+	xdtype, dtype, simd := C.int(x.DType()), C.int(w.DType()), k.simd()
 	parallelRows(rows(x), func(r0, r1 int64) {
-		C.ef_rms_norm(simd, px, padd, pw, dtype, C.int64_t(r0), C.int64_t(r1), C.int64_t(dim), C.float(eps), psum, po)
+		C.ef_rms_norm(simd, px, xdtype, padd, pw, dtype, C.int64_t(r0), C.int64_t(r1), C.int64_t(dim), C.float(eps), psum, po)
 	})
 	if add == nil {
 		sum = x

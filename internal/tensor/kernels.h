@@ -17,9 +17,11 @@ int ef_fast_bf16(void); // the CPU multiplies bfloat16 natively (AVX-512 BF16 or
 void ef_lse_update(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,
                    const int64_t *targets, int64_t width, float *max, float *sum, float *picked);
 // ef_rms_norm normalises rows [r0, r1) of x [rows, dim] into out; with add
-// (same shape) it normalises x + add, rounded, and writes that sum to sum.
-void ef_rms_norm(int simd, const void *x, const void *add, const void *weight, int dtype, int64_t r0, int64_t r1,
-                 int64_t dim, float eps, void *sum, void *out);
+// (same shape) it normalises x + add, rounded to xdtype, and writes that sum
+// to sum. x and sum are of xdtype (the residual stream's), add, weight and
+// out of dtype.
+void ef_rms_norm(int simd, const void *x, int xdtype, const void *add, const void *weight, int dtype, int64_t r0,
+                 int64_t r1, int64_t dim, float eps, void *sum, void *out);
 void ef_silu_mul(int simd, const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out);
 void ef_rotary(int simd, const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,
                int64_t head_dim, const void *cos, const void *sin, void *out);

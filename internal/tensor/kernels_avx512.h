@@ -107,31 +107,31 @@ EF_AVX512 void EF_NAME(ef_lse_update)(const void *x, int dtype, int64_t r0, int6
 	}
 }
 
-EF_AVX512 void EF_NAME(ef_rms_norm)(const void *x, const void *add, const void *weight, int dtype, int64_t r0,
-                                    int64_t r1, int64_t dim, float eps, void *sum, void *out) {
-	size_t esize = dtype == EF_BF16 ? 2 : 4;
+EF_AVX512 void EF_NAME(ef_rms_norm)(const void *x, int xdtype, const void *add, const void *weight, int dtype,
+                                    int64_t r0, int64_t r1, int64_t dim, float eps, void *sum, void *out) {
+	size_t esize = dtype == EF_BF16 ? 2 : 4, xesize = xdtype == EF_BF16 ? 2 : 4;
 	for (int64_t r = r0; r < r1; r++) {
-		size_t at = (size_t)r * (size_t)dim * esize;
-		const void *row = (const char *)x + at;
+		size_t at = (size_t)r * (size_t)dim * esize, xat = (size_t)r * (size_t)dim * xesize;
+		const void *row = (const char *)x + xat;
 		void *orow = (char *)out + at;
 		if (add != NULL) {
-			void *srow = (char *)sum + at;
+			void *srow = (char *)sum + xat;
 			for (int64_t i = 0; i < dim; i += 16) {
 				__mmask16 m = ef_tail(dim - i);
-				__m512 v = _mm512_add_ps(ef_v_load(row, dtype, i, m), ef_v_load((const char *)add + at, dtype, i, m));
-				ef_v_store(srow, dtype, i, v, m);
+				__m512 v = _mm512_add_ps(ef_v_load(row, xdtype, i, m), ef_v_load((const char *)add + at, dtype, i, m));
+				ef_v_store(srow, xdtype, i, v, m);
 			}
 			row = srow;
 		}
 		__m512 acc = _mm512_setzero_ps();
 		for (int64_t i = 0; i < dim; i += 16) {
-			__m512 v = ef_v_load(row, dtype, i, ef_tail(dim - i));
+			__m512 v = ef_v_load(row, xdtype, i, ef_tail(dim - i));
 			acc = _mm512_fmadd_ps(v, v, acc);
 		}
 		__m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)dim + eps));
 		for (int64_t i = 0; i < dim; i += 16) {
 			__mmask16 m = ef_tail(dim - i);
-			__m512 y = _mm512_mul_ps(ef_v_load(row, dtype, i, m), inv);
+			__m512 y = _mm512_mul_ps(ef_v_load(row, xdtype, i, m), inv);
 			ef_v_store(orow, dtype, i, _mm512_mul_ps(ef_v_load(weight, dtype, i, m), y), m);
 		}
 	}

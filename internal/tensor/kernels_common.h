@@ -120,8 +120,8 @@ static inline void ef_key_at(const ef_attention_args *a, int64_t b, int64_t g, i
 #define EF_VECTOR_KERNELS(suffix)                                                                                    \
 	void ef_lse_update_##suffix(const void *x, int dtype, int64_t r0, int64_t r1, int64_t n, int64_t c0,            \
 	                            const int64_t *targets, int64_t width, float *max, float *sum, float *picked);       \
-	void ef_rms_norm_##suffix(const void *x, const void *add, const void *weight, int dtype, int64_t r0, int64_t r1, \
-	                          int64_t dim, float eps, void *sum, void *out);                                         \
+	void ef_rms_norm_##suffix(const void *x, int xdtype, const void *add, const void *weight, int dtype, int64_t r0,   \
+	                          int64_t r1, int64_t dim, float eps, void *sum, void *out);                             \
 	void ef_silu_mul_##suffix(const void *u, int dtype, int64_t r0, int64_t r1, int64_t ffn, void *out);             \
 	void ef_rotary_##suffix(const void *x, int dtype, int64_t r0, int64_t r1, int64_t row_stride, int64_t heads,     \
 	                        int64_t head_dim, const void *cos, const void *sin, void *out);                          \

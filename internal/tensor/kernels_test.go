@@ -83,11 +83,15 @@ func compare(t *testing.T, what string, dtype DType, got, want []float32, exact 
 	}
 }
 
+// TestRMSNormKernel covers each dtype, and a float32 residual stream (x
+// and the sum) under bfloat16 weights, addend and output.
 func TestRMSNormKernel(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	for _, dtype := range []DType{Float32, BFloat16} {
+	for _, dt := range [][2]DType{{Float32, Float32}, {BFloat16, BFloat16}, {Float32, BFloat16}} {
+		xdtype, dtype := dt[0], dt[1]
+		name := xdtype.String() + "/" + dtype.String()
 		s := NewScope()
-		x := s.ToDType(s.FromFloat32(randomFloats(r, 3*5*40, 2), []int64{3, 5, 40}, CPU), dtype)
+		x := s.ToDType(s.FromFloat32(randomFloats(r, 3*5*40, 2), []int64{3, 5, 40}, CPU), xdtype)
 		w := s.ToDType(s.FromFloat32(randomFloats(r, 40, 1), []int64{40}, CPU), dtype)
 		y := s.ToDType(s.FromFloat32(randomFloats(r, 3*5*40, 2), []int64{3, 5, 40}, CPU), dtype)
 		_, wantNorm := s.rmsNorm(x, nil, w, 1e-5, kernelsComposite)
@@ -98,12 +102,25 @@ func TestRMSNormKernel(t *testing.T) {
 			if err := s.Err(); err != nil {
 				t.Fatal(err)
 			}
-			closeEnough(t, "rms_norm "+dtype.String()+" "+c.name, dtype, s.Float32s(got), s.Float32s(wantNorm))
+			if got.DType() != dtype || gotAdd.DType() != dtype || sum.DType() != xdtype {
+				t.Fatalf("%s %s: normed %s and %s, sum %s", name, c.name, got.DType(), gotAdd.DType(), sum.DType())
+			}
+			closeEnough(t, "rms_norm "+name+" "+c.name, dtype, s.Float32s(got), s.Float32s(wantNorm))
 			// the sum is rounded as libtorch's Add rounds it: exactly
-			same(t, "add_rms_norm sum "+dtype.String()+" "+c.name, s.Float32s(sum), s.Float32s(wantSum))
-			closeEnough(t, "add_rms_norm "+dtype.String()+" "+c.name, dtype, s.Float32s(gotAdd), s.Float32s(wantAddNorm))
+			same(t, "add_rms_norm sum "+name+" "+c.name, s.Float32s(sum), s.Float32s(wantSum))
+			closeEnough(t, "add_rms_norm "+name+" "+c.name, dtype, s.Float32s(gotAdd), s.Float32s(wantAddNorm))
 		}
 		s.Close()
+	}
+}
+
+func TestRMSNormRefusesMixedDTypesOtherThanAFloat32Stream(t *testing.T) {
+	s := NewScope()
+	defer s.Close()
+	x := s.ToDType(s.FromFloat32(make([]float32, 8), []int64{2, 4}, CPU), BFloat16)
+	w := s.FromFloat32([]float32{1, 1, 1, 1}, []int64{4}, CPU)
+	if s.RMSNorm(x, w, 1e-5); s.Err() == nil {
+		t.Fatal("RMSNorm of a bfloat16 x with float32 weights: no error")
 	}
 }
 
