@@ -50,6 +50,7 @@ import "C"
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"unsafe"
 
@@ -341,6 +342,36 @@ func (s *Scope) Drop(ts ...*Tensor) {
 		}
 		s.owned = live
 	}
+}
+
+// Mark is a point in a scope's life: Release frees what the scope made
+// after it.
+type Mark int
+
+// Mark returns the current point, for Release.
+func (s *Scope) Mark() Mark { return Mark(len(s.owned)) }
+
+// Release frees every tensor the scope made since m except keep, which the
+// scope goes on owning. A forward pass releases each layer's intermediate
+// results when the layer ends, so that the next layer's allocations reuse
+// memory that is still in cache instead of fresh pages.
+func (s *Scope) Release(m Mark, keep ...*Tensor) {
+	if int(m) > len(s.owned) {
+		return // Drop compacted the list since m: nothing to tell apart
+	}
+	live := s.owned[:m]
+	for _, c := range s.owned[m:] {
+		if c == nil {
+			continue
+		}
+		if slices.ContainsFunc(keep, func(t *Tensor) bool { return t != nil && t.c == c }) {
+			live = append(live, c)
+			continue
+		}
+		lib.AtFree(c)
+	}
+	clear(s.owned[len(live):])
+	s.owned = live
 }
 
 // ready reports whether an operation may run: no earlier error and no nil

@@ -57,6 +57,26 @@ func TestKeepOutlivesScope(t *testing.T) {
 	}
 }
 
+func TestReleaseFreesWhatCameAfterTheMarkButKeep(t *testing.T) {
+	s := NewScope()
+	defer s.Close()
+	before := s.FromFloat32([]float32{1, 2}, []int64{2}, CPU)
+	mark := s.Mark()
+	dead := s.Scale(before, 2)
+	kept := s.Scale(dead, 3)
+	s.Scale(kept, 5)
+	s.Release(mark, kept)
+	if n := len(s.owned); n != 2 {
+		t.Fatalf("scope owns %d tensors after Release, want 2 (before and kept)", n)
+	}
+	if !slices.Contains(s.owned, before.c) || !slices.Contains(s.owned, kept.c) || slices.Contains(s.owned, dead.c) {
+		t.Fatal("Release freed the wrong tensors")
+	}
+	if got := s.Float32s(s.Add(before, kept)); len(got) != 2 || got[0] != 7 || got[1] != 14 {
+		t.Fatalf("before + kept = %v, want [7 14]", got)
+	}
+}
+
 func TestAllFinite(t *testing.T) {
 	s := NewScope()
 	defer s.Close()
