@@ -69,12 +69,10 @@ EF_AVX512 static inline __m512 ef_v_exp(__m512 x) {
 	                                _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
 	__m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
 	r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
-	__m512 p = _mm512_set1_ps(1.9875691500e-4f);
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+	__m512 p = _mm512_set1_ps(8.3125252277e-3f);
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1890114546e-2f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6667114198e-1f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.9999231100e-1f));
 	p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
 	return _mm512_scalef_ps(p, k);
 }
