@@ -100,8 +100,18 @@ func TestLifecycleHealthReadinessMetricsAndGracefulStop(t *testing.T) {
 	if code, body := get(t, base+"/healthz"); code != 200 || !strings.Contains(body, "ok") {
 		t.Fatalf("/healthz = %d %q", code, body)
 	}
-	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
-		t.Fatalf("/metrics = %d", code)
+	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "process_cpu_seconds_total") {
+		t.Fatalf("/metrics = %d, without the Go runtime's or the process's metrics", code)
+	}
+	// The component's registry holds its own metrics only.
+	fams, err := rt.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if strings.HasPrefix(f.GetName(), "go_") || strings.HasPrefix(f.GetName(), "process_") {
+			t.Fatalf("Runtime.Metrics gathers %s", f.GetName())
+		}
 	}
 	if code, body := get(t, base+"/hello"); code != 200 || body != "hi" {
 		t.Fatalf("component handler = %d %q", code, body)
