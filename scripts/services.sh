@@ -6,6 +6,7 @@
 #   scripts/services.sh stop    [kafka|redis|clickhouse ...]
 #   scripts/services.sh restart [kafka|redis|clickhouse ...]
 #   scripts/services.sh kill    SERVICE     (SIGKILL, for crash tests)
+#   scripts/services.sh nice    N [SERVICE ...]  (every thread of the running services to niceness N)
 #   scripts/services.sh status
 #   scripts/services.sh env                 (prints the addresses as EMOFLOW_* variables)
 #   scripts/services.sh wipe                (stop all, delete their data)
@@ -223,9 +224,27 @@ EMOFLOW_TEST_CLICKHOUSE_SINK_PASSWORD_FILE=$tls/clickhouse.password
 EOF
 }
 
+# renice_service name niceness: every thread, since renice -p changes one.
+# Threads started later inherit it from the thread that starts them.
+renice_service() {
+	local pid task n=0
+	if ! pid=$(pid_of "$1"); then
+		log "$1 is not running"
+		return 0
+	fi
+	for task in /proc/"$pid"/task/*; do
+		if renice -n "$2" -p "${task##*/}" >/dev/null 2>&1; then n=$((n + 1)); fi
+	done
+	log "$1: $n threads at niceness $2"
+}
+
 all=(kafka redis clickhouse)
 cmd=${1:-status}
 shift || true
+if [ "$cmd" = nice ]; then
+	niceness=${1:?usage: services.sh nice N [SERVICE ...]}
+	shift
+fi
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 for t in "${targets[@]}"; do
@@ -237,6 +256,7 @@ start) for s in "${targets[@]}"; do start "$s"; done ;;
 stop) for s in "${targets[@]}"; do stop "$s"; done ;;
 restart) for s in "${targets[@]}"; do stop "$s"; start "$s"; done ;;
 kill) for s in "${targets[@]}"; do hard_kill "$s"; done ;;
+nice) for s in "${targets[@]}"; do renice_service "$s" "$niceness"; done ;;
 status)
 	rc=0
 	for s in "${targets[@]}"; do

@@ -14,6 +14,7 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -157,6 +158,7 @@ func runPipelineBench(ctx context.Context, log *slog.Logger, args []string) (err
 	}
 	fmt.Printf("pipeline in this process: classifier, ingest and sink; Kafka %s, Redis %s, ClickHouse %s; topics %s_*, %d partitions\n",
 		cfg.brokers, cfg.redisAddr, cfg.clickhouseAddr, name, cfg.partitions)
+	fmt.Printf("local services' niceness (this process: 0): %s\n", servicesNiceness())
 
 	// One message through the whole pipeline: the consumer groups have
 	// joined and the model is warm before anything is timed.
@@ -560,4 +562,32 @@ func printPipelineSummary(rounds []pipelineRound) {
 	fmt.Printf("  misses / classifier alone:     %s (goal ≥ 0.95)\n", spread(ratio, "%.3f"))
 	fmt.Printf("  lost, duplicated (all passes): %d, %d\n", lost, dups)
 	fmt.Printf("cached_msgs_per_s=%.0f miss_ratio_to_classifier=%.3f lost=%d duplicated=%d\n", median(cached), median(ratio), lost, dups)
+}
+
+// servicesNiceness describes the niceness of the local services that
+// scripts/services.sh started (their pid files in EMOFLOW_STATE, by
+// default .local/services): ./task bench:pipeline lowers it, so that the
+// report says under which priorities its figures were measured.
+func servicesNiceness() string {
+	state := os.Getenv("EMOFLOW_STATE")
+	if state == "" {
+		state = filepath.Join(".local", "services")
+	}
+	var parts []string
+	for _, name := range []string{"kafka", "redis", "clickhouse"} {
+		nice := "unknown"
+		if raw, err := os.ReadFile(filepath.Join(state, name+".pid")); err == nil {
+			if stat, err := os.ReadFile("/proc/" + strings.TrimSpace(string(raw)) + "/stat"); err == nil {
+				// The fields after the command's closing parenthesis; the
+				// niceness is the 19th field of the whole line.
+				if i := bytes.LastIndexByte(stat, ')'); i > 0 {
+					if f := strings.Fields(string(stat[i+1:])); len(f) > 16 {
+						nice = f[16]
+					}
+				}
+			}
+		}
+		parts = append(parts, name+" "+nice)
+	}
+	return strings.Join(parts, ", ")
 }
