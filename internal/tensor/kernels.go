@@ -428,7 +428,18 @@ func (s *Scope) attention(q, k, v, pastK, pastV, visible *Tensor, scale float64,
 // attentionComposite is Attention with libtorch's operations.
 func (s *Scope) attentionComposite(q, k, v, pastK, pastV, visible *Tensor, scale float64) *Tensor {
 	qsh := q.Shape()
-	B, H, L, hd, G := qsh[0], qsh[1], qsh[2], qsh[3], k.Size(1)
+	B, H, L, hd := qsh[0], qsh[1], qsh[2], qsh[3]
+	k, v = s.headKeysValues(q, k, v, pastK, pastV)
+	mask := s.Reshape(visible, B, 1, L, visible.Size(-1))
+	o := s.ScaledDotProductAttention(q, k, v, mask, false, scale)
+	return s.Reshape(s.Transpose(o, 1, 2), B, L, H*hd)
+}
+
+// headKeysValues is every query head's keys and values, [B, H, T, hd]: the
+// past (broadcast over the rows when they share it) before the batch's own,
+// each key/value group repeated for its heads.
+func (s *Scope) headKeysValues(q, k, v, pastK, pastV *Tensor) (*Tensor, *Tensor) {
+	B, H, hd, G := q.Size(0), q.Size(1), q.Size(3), k.Size(1)
 	if pastK != nil {
 		if pastK.Size(0) != B {
 			pastK = s.Expand(pastK, B, -1, -1, -1)
@@ -442,9 +453,7 @@ func (s *Scope) attentionComposite(q, k, v, pastK, pastV, visible *Tensor, scale
 		k = s.Reshape(s.Expand(s.Unsqueeze(k, 2), B, G, H/G, T, hd), B, H, T, hd)
 		v = s.Reshape(s.Expand(s.Unsqueeze(v, 2), B, G, H/G, T, hd), B, H, T, hd)
 	}
-	mask := s.Reshape(visible, B, 1, L, visible.Size(-1))
-	o := s.ScaledDotProductAttention(q, k, v, mask, false, scale)
-	return s.Reshape(s.Transpose(o, 1, 2), B, L, H*hd)
+	return k, v
 }
 
 // strides is t's strides, in elements.

@@ -385,20 +385,9 @@ func TestAttentionPaddingNeverReachesVisibleRows(t *testing.T) {
 // 2% apart at some bfloat16 elements), so the tests spell the chain out.
 func attentionMath(s *Scope, q, k, v, pastK, pastV *Tensor, visible []bool, scale float64) *Tensor {
 	qsh := q.Shape()
-	B, H, L, hd, G := qsh[0], qsh[1], qsh[2], qsh[3], k.Size(1)
-	if pastK != nil {
-		if pastK.Size(0) != B {
-			pastK = s.Expand(pastK, B, -1, -1, -1)
-			pastV = s.Expand(pastV, B, -1, -1, -1)
-		}
-		k = s.Cat([]*Tensor{pastK, k}, 2)
-		v = s.Cat([]*Tensor{pastV, v}, 2)
-	}
+	B, H, L, hd := qsh[0], qsh[1], qsh[2], qsh[3]
+	k, v = s.headKeysValues(q, k, v, pastK, pastV)
 	T := k.Size(2)
-	if G != H {
-		k = s.Reshape(s.Expand(s.Unsqueeze(k, 2), B, G, H/G, T, hd), B, H, T, hd)
-		v = s.Reshape(s.Expand(s.Unsqueeze(v, 2), B, G, H/G, T, hd), B, H, T, hd)
-	}
 	hiddenKeys := make([]bool, len(visible))
 	for i, vis := range visible {
 		hiddenKeys[i] = !vis
