@@ -369,11 +369,10 @@ func (b *pipelineBench) pass(ctx context.Context, tag string, texts []string, wa
 	res.produced = time.Since(start)
 	// The sink counts rows once their insert returned: they are visible
 	// then; ClickHouse confirms below. Ingest's counter says when ingest
-	// had published the last event. Each look gathers a component's whole
-	// registry (about half a millisecond of CPU, its Go and process
-	// collectors included), taken from the pass it measures: every
-	// snapshotEvery that is about 1% of a core, and the end is seen within
-	// snapshotEvery of it (a 30 s pass: 0.2%).
+	// had published the last event. Each look gathers the component's own
+	// registry (the Go runtime's and process collectors, which read /proc,
+	// live in another), taken from the pass it measures; the end is seen
+	// within snapshotEvery of it (a 30 s pass: 0.2%).
 	deadline := start.Add(b.cfg.timeout)
 	var after metricSnapshot
 	for {
